@@ -1,0 +1,61 @@
+"""The lab's Ansible-format inventory (DESIGN.md "Fleet"), read by pvepatch unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from pvelab.fleet import FLEET, VM
+from pvelab.paths import LabPaths
+
+PVE_HOST = "pve"
+PIHOLE_VARS = {
+    "pihole_resolve_name": "pi.hole",
+    "pihole_blocked_name": "ads.example.com",
+    "pihole_service": "dnsmasq",
+}
+
+
+def build(paths: LabPaths, base: int, vms: Iterable[VM] = FLEET) -> dict[str, Any]:
+    """The inventory as a dict: groups proxmox, ubuntu_vms (every VM), pihole (DNS role)."""
+    vms = list(vms)
+    guests = {
+        vm.name: {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": vm.ssh_port(base),
+            "vmid": vm.vmid,
+            "proxmox_host": PVE_HOST,
+        }
+        for vm in vms
+    }
+    piholes = {vm.name: {"pihole_dns_port": vm.dns_port(base)} for vm in vms if vm.role == "pihole"}
+    return {
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(paths.operator_key),
+                "ansible_ssh_common_args": (
+                    f"-o UserKnownHostsFile={paths.known_hosts} -o StrictHostKeyChecking=yes"
+                ),
+            },
+            "children": {
+                "proxmox": {
+                    "hosts": {PVE_HOST: {"ansible_host": "127.0.0.1", "ansible_port": base}}
+                },
+                "ubuntu_vms": {"hosts": guests},
+                "pihole": {"hosts": piholes, "vars": dict(PIHOLE_VARS)},
+            },
+        }
+    }
+
+
+def render(paths: LabPaths, base: int, vms: Iterable[VM] = FLEET) -> str:
+    header = "# pvelab inventory (written by `python -m pvelab up`; Ansible YAML format)\n"
+    body = yaml.safe_dump(build(paths, base, vms), sort_keys=False, default_flow_style=False)
+    return header + body
+
+
+def write(paths: LabPaths, base: int, vms: Iterable[VM] = FLEET) -> None:
+    paths.inventory.write_text(render(paths, base, vms))
