@@ -1,0 +1,148 @@
+"""Unattended apt in the guest: the command lines, the lock retries, and the package diff."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pvepatch.transport import CommandResult, Transport
+
+# Environment for every apt/dpkg call: no debconf prompts, no needrestart dialogs or service
+# restarts (qemu-guest-agent must not be restarted under us), no apt-listchanges pager, and
+# ucf-managed files kept like dpkg conffiles. `env` inside sudo, so sudoers env policy can't drop it.
+APT_ENV = (
+    "DEBIAN_FRONTEND=noninteractive",
+    "NEEDRESTART_SUSPEND=1",
+    "NEEDRESTART_MODE=l",
+    "APT_LISTCHANGES_FRONTEND=none",
+    "UCF_FORCE_CONFFOLD=1",
+)
+LOCK_MESSAGES = ("Could not get lock", "Unable to lock directory", "Unable to acquire the dpkg")
+
+
+def apt_command(*words: str, lock_timeout: int = 600) -> str:
+    """An apt-get command line, fully non-interactive, keeping old config files."""
+    return " ".join(
+        [
+            "env",
+            *APT_ENV,
+            "apt-get",
+            "-y",
+            "-q",
+            f"-o DPkg::Lock::Timeout={int(lock_timeout)}",
+            "-o Dpkg::Options::=--force-confdef",
+            "-o Dpkg::Options::=--force-confold",
+            *words,
+        ]
+    )
+
+
+def parse_dpkg_query(text: str) -> dict[str, str]:
+    """`dpkg-query -W -f '${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'` -> installed versions."""
+    versions: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[2].strip().startswith("ii"):
+            versions[parts[0]] = parts[1]
+    return versions
+
+
+@dataclass(frozen=True)
+class PackageChange:
+    name: str
+    old: str | None
+    new: str | None
+
+    @property
+    def kind(self) -> str:
+        return "installed" if self.old is None else "removed" if self.new is None else "upgraded"
+
+
+def diff_packages(before: dict[str, str], after: dict[str, str]) -> list[PackageChange]:
+    """Packages whose installed version changed, appeared or disappeared."""
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        if before.get(name) != after.get(name):
+            changes.append(PackageChange(name, before.get(name), after.get(name)))
+    return changes
+
+
+@dataclass
+class AptRun:
+    """What the patch stage did in one guest."""
+
+    update: CommandResult | None = None
+    upgrade: CommandResult | None = None
+    autoremove: CommandResult | None = None
+    changes: list[PackageChange] = field(default_factory=list)
+    reboot_required: bool = False
+    reboot_packages: list[str] = field(default_factory=list)
+    lock_waits: int = 0
+
+    @property
+    def upgraded(self) -> list[PackageChange]:
+        return [c for c in self.changes if c.kind == "upgraded"]
+
+
+class Apt:
+    """apt-get in one guest, over a Transport."""
+
+    def __init__(self, transport: Transport, lock_timeout: int = 600, command_timeout: float = 1800):
+        self.transport = transport
+        self.lock_timeout = lock_timeout
+        self.command_timeout = command_timeout
+
+    def installed(self) -> dict[str, str]:
+        result = self.transport.run(
+            "dpkg-query -W -f %s", "${Package}\t${Version}\t${db:Status-Abbrev}\n", timeout=60
+        ).check("cannot list installed packages")
+        return parse_dpkg_query(result.stdout)
+
+    def update(self) -> tuple[CommandResult, int]:
+        """`apt-get update`, retried while another apt holds the lists lock (it ignores
+        DPkg::Lock::Timeout). Returns the result and how many times it waited."""
+        deadline = time.monotonic() + self.lock_timeout
+        waits = 0
+        while True:
+            result = self.transport.run(
+                apt_command("update", lock_timeout=self.lock_timeout),
+                timeout=self.command_timeout, mutating=True,
+            )
+            locked = any(m in result.stderr for m in LOCK_MESSAGES)
+            if result.ok or not locked or time.monotonic() > deadline:
+                return result.check("apt-get update failed"), waits
+            waits += 1
+            time.sleep(5)
+
+    def dist_upgrade(self) -> CommandResult:
+        return self.transport.run(
+            apt_command("dist-upgrade", lock_timeout=self.lock_timeout),
+            timeout=self.command_timeout, mutating=True,
+        ).check("apt-get dist-upgrade failed")
+
+    def autoremove(self) -> CommandResult:
+        return self.transport.run(
+            apt_command("autoremove", lock_timeout=self.lock_timeout),
+            timeout=self.command_timeout, mutating=True,
+        ).check("apt-get autoremove failed")
+
+    def install(self, *packages: str) -> CommandResult:
+        names = " ".join(_package_name(p) for p in packages)
+        return self.transport.run(
+            apt_command("install", names, lock_timeout=self.lock_timeout),
+            timeout=self.command_timeout, mutating=True,
+        ).check(f"apt-get install {names} failed")
+
+    def pending_upgrades(self) -> list[str]:
+        """Packages a dist-upgrade would still change (a simulation: read-only)."""
+        result = self.transport.run(
+            "apt-get -s -o Debug::NoLocking=1 dist-upgrade", timeout=300
+        ).check("apt-get -s dist-upgrade failed")
+        return sorted({line.split()[1] for line in result.stdout.splitlines() if line.startswith("Inst ")})
+
+
+def _package_name(name: str) -> str:
+    """A Debian package name, checked: it goes into a command line."""
+    if not name or not all(c.isalnum() or c in "+-.:" for c in name) or name.startswith("-"):
+        raise ValueError(f"not a package name: {name!r}")
+    return name

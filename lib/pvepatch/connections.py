@@ -1,0 +1,90 @@
+"""One SSH connection per host per run, shared by every stage, guarded and recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pvepatch.errors import TransportError
+from pvepatch.inventory import SSHSpec, Target
+from pvepatch.transport import CommandResult, GuardedTransport, ReadOnlyGuard, Transport, quote
+
+TransportFactory = Callable[[str, SSHSpec], Transport]
+
+
+class RecordingTransport:
+    """A view of a Transport that appends every result to `sink` (the VM's audit record)."""
+
+    def __init__(self, inner: Transport, sink: list[CommandResult]):
+        self.inner = inner
+        self.sink = sink
+        self.host = inner.host
+
+    def run(self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False) -> CommandResult:
+        result = self.inner.run(quote(command, *args), timeout=timeout, mutating=mutating)
+        self.sink.append(result)
+        return result
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def ssh_factory(known_hosts: Sequence[Path], accept_new: bool, connect_timeout: float) -> TransportFactory:
+    """Build paramiko transports (imported here so unit tests with fakes never need it)."""
+    from pvepatch.ssh import SSHTransport
+
+    def make(name: str, spec: SSHSpec) -> Transport:
+        transport = SSHTransport(name, spec, known_hosts, accept_new, connect_timeout)
+        transport.connect()
+        return transport
+
+    return make
+
+
+class Connections:
+    """Opens connections on first use and keeps them for the run.
+
+    A host that failed to connect keeps failing fast with the same error until `forget()`,
+    so ten checks against a dead host don't each wait for a connect timeout.
+    """
+
+    def __init__(self, factory: TransportFactory, guard: ReadOnlyGuard):
+        self.factory = factory
+        self.guard = guard
+        self._open: dict[str, Transport] = {}
+        self._failed: dict[str, TransportError] = {}
+
+    def get(self, name: str, spec: SSHSpec) -> Transport:
+        if name in self._failed:
+            raise self._failed[name]
+        if name not in self._open:
+            try:
+                self._open[name] = GuardedTransport(self.factory(name, spec), self.guard)
+            except TransportError as exc:
+                self._failed[name] = exc
+                raise
+        return self._open[name]
+
+    def guest(self, target: Target) -> Transport:
+        return self.get(target.name, target.ssh)
+
+    def proxmox(self, target: Target) -> Transport:
+        return self.get(target.proxmox.name, target.proxmox.ssh)
+
+    def probe(self, name: str, spec: SSHSpec) -> Transport:
+        """A fresh connection attempt (used while waiting for a host to come back)."""
+        self.forget(name)
+        return self.get(name, spec)
+
+    def forget(self, name: str) -> None:
+        transport = self._open.pop(name, None)
+        self._failed.pop(name, None)
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection must not hide the cause
+                pass
+
+    def close_all(self) -> None:
+        for name in list(self._open):
+            self.forget(name)

@@ -1,0 +1,101 @@
+"""The exceptions pvepatch raises, each carrying the data that explains it.
+
+PvepatchError
+ +-- InventoryError          bad inventory or options: nothing was touched
+ +-- TransportError          a host could not be reached or talked to
+ |    +-- HostKeyError       unknown or changed SSH host key
+ |    +-- CommandTimeout     a command did not finish within its timeout
+ +-- CommandError           a command ran and failed (carries .result)
+ |    +-- QmError            `qm` on the Proxmox host failed
+ +-- WaitTimeout             a wait reached its deadline (says what it waited for)
+ +-- ReadOnlyViolation       a mutating command was attempted in a read-only run
+ +-- SafetyRefusal           pvepatch refused an action to keep the fleet safe
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pvepatch.transport import CommandResult
+
+
+class PvepatchError(Exception):
+    """Base class of every error pvepatch raises on purpose."""
+
+
+class InventoryError(PvepatchError):
+    """The inventory (or an option) is invalid; raised before any connection."""
+
+    def __init__(self, path: str, message: str, host: str | None = None, field: str | None = None):
+        self.path = path
+        self.host = host
+        self.field = field
+        where = f"host '{host}': " if host else ""
+        what = f"'{field}' " if field and not message.startswith(f"'{field}'") else ""
+        super().__init__(f"{path}: {where}{what}{message}")
+
+
+class TransportError(PvepatchError):
+    """A host could not be reached, or the connection broke."""
+
+    def __init__(self, host: str, message: str):
+        self.host = host
+        super().__init__(f"{host}: {message}")
+
+
+class HostKeyError(TransportError):
+    """The SSH host key is unknown or does not match known_hosts."""
+
+
+class CommandTimeout(TransportError):
+    """A command did not finish within its timeout."""
+
+    def __init__(self, host: str, command: str, timeout: float):
+        self.command = command
+        self.timeout = timeout
+        super().__init__(host, f"command timed out after {timeout:g} s: {command}")
+
+
+class CommandError(PvepatchError):
+    """A command ran and exited non-zero."""
+
+    def __init__(self, result: CommandResult, message: str | None = None):
+        self.result = result
+        head = message or "command failed"
+        super().__init__(f"{result.host}: {head}\n{result}")
+
+
+class QmError(CommandError):
+    """`qm` on the Proxmox host failed."""
+
+    def __init__(self, result: CommandResult, vmid: int, message: str | None = None):
+        self.vmid = vmid
+        super().__init__(result, message or f"qm failed for VM {vmid}")
+
+
+class WaitTimeout(PvepatchError):
+    """A wait reached its deadline."""
+
+    def __init__(self, what: str, timeout: float, last: str = ""):
+        self.what = what
+        self.timeout = timeout
+        self.last = last
+        tail = f" (last seen: {last})" if last else ""
+        super().__init__(f"gave up waiting {timeout:g} s for {what}{tail}")
+
+
+class ReadOnlyViolation(PvepatchError):
+    """A mutating command was attempted while the run is read-only."""
+
+    def __init__(self, host: str, command: str):
+        self.host = host
+        self.command = command
+        super().__init__(
+            f"{host}: refused mutating command in a read-only run "
+            f"(select the patch stages with -m patch to change anything): {command}"
+        )
+
+
+class SafetyRefusal(PvepatchError):
+    """pvepatch refused an action that would break a safety rule."""

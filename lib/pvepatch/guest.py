@@ -1,0 +1,86 @@
+"""In-guest facts, read through pytest-testinfra modules over pvepatch's verified transport."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import testinfra.host
+from testinfra.backend.base import BaseBackend
+from testinfra.backend.base import CommandResult as TestinfraResult
+
+from pvepatch.qm import AGENT_PORT
+from pvepatch.transport import CommandResult, Transport, quote
+
+
+class TransportBackend(BaseBackend):
+    """A testinfra backend that sends every command through a pvepatch Transport.
+
+    testinfra's own paramiko backend accepts any host key; this one inherits the
+    verified connection (and the read-only guard) of the Transport.
+    """
+
+    NAME = "pvepatch"
+
+    def __init__(self, transport: Transport, timeout: float = 60.0, **kwargs: Any):
+        self.transport = transport
+        self.timeout = timeout
+        super().__init__(transport.host, **kwargs)
+
+    def run(self, command: str, *args: str, **kwargs: Any) -> TestinfraResult:
+        result = self.transport.run(quote(command, *args), timeout=self.timeout)
+        return self.result(result.rc, self.encode(result.command), result.stdout, result.stderr)
+
+
+def testinfra_host(transport: Transport) -> testinfra.host.Host:
+    """A testinfra Host (`.package`, `.service`, `.file`, ...) over `transport`."""
+    return testinfra.host.Host(TransportBackend(transport))
+
+
+class Guest:
+    """Read-only questions about one guest, asked over SSH."""
+
+    def __init__(self, transport: Transport):
+        self.transport = transport
+        self.host = testinfra_host(transport)
+
+    def _out(self, command: str, *args: object) -> str:
+        return self.transport.run(command, *args, timeout=30.0).check().stdout.strip()
+
+    def answers(self) -> CommandResult:
+        return self.transport.run("true", timeout=30.0).check("SSH answered but 'true' failed")
+
+    def boot_id(self) -> str:
+        return self._out("cat /proc/sys/kernel/random/boot_id")
+
+    def hostname(self) -> str:
+        return self._out("hostname")
+
+    def kernel(self) -> str:
+        return self._out("uname -r")
+
+    def macs(self) -> set[str]:
+        text = self._out("cat /sys/class/net/*/address")
+        return {line.strip().lower() for line in text.splitlines() if line.strip()}
+
+    def free_mb(self, path: str) -> int:
+        """Free megabytes on the filesystem holding `path`."""
+        text = self._out("df -Pm %s", path)
+        return int(text.splitlines()[-1].split()[3])
+
+    def dpkg_audit(self) -> str:
+        """`dpkg --audit` output: empty when the package database is consistent."""
+        return self.transport.run("dpkg --audit", timeout=60.0).check().stdout.strip()
+
+    def virtio_port_is_chardev(self) -> bool:
+        return self.transport.run("test -c %s", AGENT_PORT, timeout=30.0).ok
+
+    def reboot_required(self) -> tuple[bool, list[str]]:
+        """Whether the guest asks for a reboot, and which packages asked."""
+        text = self._out(
+            "if test -e /var/run/reboot-required; then echo REQUIRED; "
+            "cat /var/run/reboot-required.pkgs 2>/dev/null; fi; true"
+        )
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if not lines or lines[0] != "REQUIRED":
+            return False, []
+        return True, sorted(set(lines[1:]))

@@ -1,0 +1,86 @@
+"""What a run did and saw, per VM: the single source the stages assert on and the report shows."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pvepatch.apt import AptRun
+from pvepatch.inventory import Target
+from pvepatch.transport import CommandResult
+
+
+@dataclass
+class AgentOutcome:
+    installed_before: bool = False
+    installed_by_run: bool = False
+    enabled_in_config_before: bool = False
+    enabled_by_run: bool = False
+    started_by_run: bool = False
+
+    @property
+    def deferred_to_restart(self) -> bool:
+        """The port and agent can only appear after the restart applies `agent: enabled=1`."""
+        return self.enabled_by_run
+
+
+@dataclass
+class RestartOutcome:
+    method: str
+    refused: str | None = None
+    shutdown: CommandResult | None = None
+    hard_stop: CommandResult | None = None
+    stopped: bool = False
+    start: CommandResult | None = None
+    started: bool = False
+    ssh_back: bool = False
+    port_back: bool = False
+    agent_back: bool = False
+    errors: dict[str, str] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, event: str) -> None:
+        self.times[event] = time.time()
+
+    def reason(self, *steps: str) -> str:
+        for step in steps:
+            if step in self.errors:
+                return f"{step}: {self.errors[step]}"
+        if self.refused:
+            return f"refused: {self.refused}"
+        return next(iter(self.errors.values()), "an earlier restart step did not complete")
+
+    @property
+    def downtime(self) -> float | None:
+        if "shutdown_sent" in self.times and "agent_back" in self.times:
+            return self.times["agent_back"] - self.times["shutdown_sent"]
+        return None
+
+
+@dataclass
+class VMRecord:
+    """Everything recorded about one VM during the run."""
+
+    target: Target
+    failed: str | None = None
+    failed_stage: int | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    agent: AgentOutcome | None = None
+    apt: AptRun | None = None
+    restart: RestartOutcome | None = None
+    qm_commands: list[CommandResult] = field(default_factory=list)
+    guest_commands: list[CommandResult] = field(default_factory=list)
+    outcomes: dict[str, Any] = field(default_factory=dict)
+
+    def once(self, key: str, action: Any) -> Any:
+        """Run `action()` the first time `key` is asked for; remember its value or error."""
+        if key not in self.outcomes:
+            try:
+                self.outcomes[key] = ("ok", action())
+            except Exception as exc:
+                self.outcomes[key] = ("error", exc)
+        kind, value = self.outcomes[key]
+        if kind == "error":
+            raise value
+        return value

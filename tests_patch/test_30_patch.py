@@ -1,0 +1,43 @@
+"""Stage 3, patch (patch): apt-get update, dist-upgrade, autoremove, non-interactive."""
+
+import pytest
+
+pytestmark = [pytest.mark.stage("patch"), pytest.mark.patch]
+
+
+@pytest.fixture
+def upgrade(record, cycle):
+    """Runs the upgrade once per VM and records what changed."""
+    record.apt = record.once("apt", cycle.patch)
+    return record.apt
+
+
+def test_apt_update_succeeded(upgrade):
+    assert upgrade.update.ok
+
+
+def test_dist_upgrade_succeeded(upgrade):
+    assert upgrade.upgrade.ok
+
+
+def test_autoremove_succeeded(upgrade):
+    assert upgrade.autoremove.ok
+
+
+def test_nothing_left_to_upgrade(upgrade, cycle):
+    pending = cycle.apt().pending_upgrades()
+    assert pending == [], f"still upgradable after dist-upgrade: {pending}"
+
+
+def test_upgraded_versions_installed(upgrade, cycle):
+    installed = cycle.apt().installed()
+    wrong = {c.name: (c.new, installed.get(c.name)) for c in upgrade.changes if installed.get(c.name) != c.new}
+    assert not wrong, f"recorded versions differ from the guest's: {wrong}"
+
+
+def test_dpkg_consistent_after_upgrade(upgrade, cycle):
+    assert cycle.guest().dpkg_audit() == ""
+
+
+def test_guest_did_not_reboot_itself(upgrade, record):
+    assert record.facts["boot_id_after_patch"] == record.facts["boot_id_before_patch"]
