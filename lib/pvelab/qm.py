@@ -1,0 +1,302 @@
+"""The stand-in `qm`: PVE's CLI on the lab's QEMU VMs (`python -m pvelab.qm --lab DIR ...`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pvelab import qmfmt, qmguest, qmpower, vmconf, vmstate
+from pvelab.paths import LabPaths
+from pvelab.qmctx import Context, QmError, check_lock, node_name
+from pvelab.qmopts import Command, Option, UsageError, parse
+from pvelab.qmp import MonitorError
+
+SKIPLOCK = Option("skiplock", "boolean")
+TIMEOUT = Option("timeout", "integer", minimum=0)
+# `qm set` keys the lab supports; applied at once even while running (PVE "fast plug").
+SET_KEYS = ("agent", "args", "cores", "description", "memory", "name", "onboot", "ostype", "tags")
+FASTPLUG = ("description", "name", "onboot", "tags", "lock")
+
+
+def status(ctx: Context, p: dict[str, Any]) -> None:
+    """`qm status [--verbose]`."""
+    stat = vm_status(ctx, p["vmid"], ctx.load(p["vmid"]).main)
+    if p.get("verbose"):
+        ctx.out(qmfmt.status_verbose(stat))
+    else:
+        ctx.out(f"status: {stat.get('qmpstatus') or 'unknown'}\n")
+
+
+def _bootdisk_size(conf: dict[str, str]) -> int:
+    for key in sorted(conf):
+        if re.fullmatch(r"(virtio|scsi|sata|ide)\d+", key) and "media=cdrom" not in conf[key]:
+            size = vmconf.parse_property_string(
+                conf[key].split(",", 1)[1] if "," in conf[key] else ""
+            )
+            return vmconf.parse_size(size["size"]) if "size" in size else 0
+    return 0
+
+
+def vm_status(ctx: Context, vmid: int, conf: dict[str, str], full: bool = True) -> dict[str, Any]:
+    """PVE's vmstatus() subset: the keys the lab can know."""
+    pid = vmstate.running_pid(ctx.paths, vmid)
+    cores = int(conf.get("cores", "1")) * int(conf.get("sockets", "1"))
+    stat: dict[str, Any] = {
+        "vmid": vmid,
+        "name": conf.get("name", f"VM {vmid}"),
+        "status": "running" if pid else "stopped",
+        "cpus": cores,
+        "maxmem": int(conf.get("memory", "512")) * 1024 * 1024,
+        "maxdisk": _bootdisk_size(conf),
+        "uptime": vmstate.uptime(pid) if pid else 0,
+    }
+    for key in ("lock", "tags"):
+        if key in conf:
+            stat[key] = conf[key]
+    if pid:
+        stat["pid"] = pid
+        if full:
+            try:
+                stat["qmpstatus"] = ctx.qmp(vmid).command("query-status", timeout=2)["status"]
+            except (MonitorError, TypeError, KeyError):
+                stat["qmpstatus"] = "running"  # PVE falls back silently
+    if full and "qmpstatus" not in stat:
+        stat["qmpstatus"] = stat["status"]
+    return stat
+
+
+def list_(ctx: Context, p: dict[str, Any]) -> None:
+    """`qm list [--full]`."""
+    rows = []
+    for path in ctx.paths.pve_conf_dir.glob("*.conf"):
+        if not re.fullmatch(r"\d+", path.stem):
+            continue
+        vmid = int(path.stem)
+        conf = vmconf.load_conf(path)
+        if conf is None:
+            continue
+        stat = vm_status(ctx, vmid, conf.main, full=bool(p.get("full")))
+        rows.append(
+            qmfmt.ListRow(
+                vmid,
+                stat["name"],
+                stat.get("qmpstatus") or stat["status"],
+                stat["maxmem"],
+                stat["maxdisk"],
+                stat.get("pid", 0),
+            )  # fmt: skip
+        )
+    ctx.out(qmfmt.qm_list(rows))
+
+
+def config(ctx: Context, p: dict[str, Any]) -> None:
+    """`qm config [--current]`: sorted `key: value`, pending applied unless --current."""
+    conf = ctx.load(p["vmid"]).current(apply_pending=not p.get("current"))
+    for key in sorted(conf):
+        if key == "digest":
+            continue
+        value = vmconf.encode_text(conf[key]) if key == "description" else conf[key]
+        ctx.out(f"{key}: {value}\n")
+
+
+def set_(ctx: Context, p: dict[str, Any]) -> None:
+    """`qm set`: the lab's keys; non-hotpluggable changes of a running VM go to [PENDING]."""
+    vmid = p["vmid"]
+    ctx.load(vmid)
+    changes = {k: str(p[k]) for k in SET_KEYS if k in p}
+    deletes = [k for k in re.split(r"[,;\s]+", p.get("delete", "")) if k]
+    if "agent" in changes:
+        try:
+            vmconf.parse_agent(changes["agent"])
+        except vmconf.ConfError as exc:
+            raise QmError(f"400 Parameter verification failed.\nagent: {exc}") from exc
+    with ctx.lock_config(vmid):
+        conf = ctx.load(vmid)
+        if not p.get("skiplock"):
+            check_lock(conf)
+        running = vmstate.running_pid(ctx.paths, vmid) is not None
+        for key, value in changes.items():
+            if running and key not in FASTPLUG:
+                conf.pending[key] = value
+            else:
+                conf.main[key] = value
+        for key in deletes:
+            if running and key not in FASTPLUG:
+                pending = [d for d in conf.pending.get("delete", "").split(",") if d]
+                conf.pending["delete"] = ",".join([*pending, key])
+            else:
+                conf.main.pop(key, None)
+        vmconf.write_conf(ctx.paths.conf(vmid), conf)
+
+
+def unlock(ctx: Context, p: dict[str, Any]) -> None:
+    """`qm unlock`: drop `lock` (and a pending one)."""
+    vmid = p["vmid"]
+    ctx.load(vmid)
+    with ctx.lock_config(vmid):
+        conf = ctx.load(vmid)
+        conf.main.pop("lock", None)
+        conf.pending.pop("lock", None)
+        vmconf.write_conf(ctx.paths.conf(vmid), conf)
+
+
+@dataclass(frozen=True)
+class Entry:
+    spec: Command
+    handler: Callable[[Context, dict[str, Any]], None]
+    task: bool = False  # worker command: exit 255 on failure, warnings on stdout
+
+
+def _vm(name: str, *options: Option, **kw: Any) -> Command:
+    return Command(name, ("vmid",), options, **kw)
+
+
+COMMANDS: dict[str, Entry] = {
+    "start": Entry(
+        _vm(
+            "start",
+            SKIPLOCK,
+            TIMEOUT,
+            Option("machine"),
+            Option("force-cpu"),
+            Option("stateuri"),
+            Option("migratedfrom"),
+            Option("targetstorage"),
+        ),
+        qmpower.start,
+        task=True,
+    ),  # fmt: skip
+    "stop": Entry(
+        _vm(
+            "stop",
+            SKIPLOCK,
+            TIMEOUT,
+            Option("keepActive", "boolean"),
+            Option("overrule-shutdown", "boolean"),
+            Option("migratedfrom"),
+        ),
+        qmpower.stop,
+        task=True,
+    ),  # fmt: skip
+    "shutdown": Entry(
+        _vm(
+            "shutdown",
+            SKIPLOCK,
+            TIMEOUT,
+            Option("forceStop", "boolean"),
+            Option("keepActive", "boolean"),
+        ),
+        qmpower.shutdown,
+        task=True,
+    ),  # fmt: skip
+    "reboot": Entry(_vm("reboot", TIMEOUT), qmpower.reboot, task=True),
+    "status": Entry(_vm("status", Option("verbose", "boolean")), status),
+    "config": Entry(_vm("config", Option("current", "boolean"), Option("snapshot")), config),
+    "list": Entry(Command("list", (), (Option("full", "boolean"),)), list_),
+    "set": Entry(_vm("set", SKIPLOCK, Option("delete"), *(Option(k) for k in SET_KEYS)), set_),
+    "unlock": Entry(_vm("unlock"), unlock),
+    "wait": Entry(_vm("wait", TIMEOUT), qmpower.wait),
+    "guest cmd": Entry(
+        Command("guest cmd", ("vmid", "command"), arg_enums={"command": qmguest.GUEST_COMMANDS}),
+        qmguest.cmd,
+    ),
+    "guest exec": Entry(
+        _vm(
+            "guest exec",
+            Option("synchronous", "boolean"),
+            TIMEOUT,
+            Option("pass-stdin", "boolean"),
+            extra_args=True,
+        ),
+        qmguest.exec_,
+    ),  # fmt: skip
+    "guest exec-status": Entry(Command("guest exec-status", ("vmid", "pid")), qmguest.exec_status),
+}
+ALIASES = {"agent": "guest cmd"}
+
+
+def usage_all() -> str:
+    lines = [COMMANDS[k].spec.usage() for k in sorted(COMMANDS)]
+    return "USAGE: qm <COMMAND> [ARGS] [OPTIONS]\n" + "".join(f"       {u}\n" for u in lines)
+
+
+def resolve(argv: list[str]) -> tuple[Entry, list[str]]:
+    """Find the (sub)command; usage errors as PVE's CLIHandler prints them."""
+    if not argv:
+        raise UsageError("ERROR: no command specified\n" + usage_all())
+    word = ALIASES.get(argv[0], argv[0])
+    if word == "guest":
+        if len(argv) < 2:
+            raise UsageError("ERROR: no command specified\n" + usage_all())
+        word, rest = f"guest {argv[1]}", argv[2:]
+    else:
+        rest = argv[1:]
+    if word not in COMMANDS:
+        raise UsageError(f"ERROR: unknown command 'qm {word}'\n" + usage_all())
+    return COMMANDS[word], rest
+
+
+def run(ctx: Context, argv: list[str]) -> int:
+    """Execute one qm command line; returns the exit code (output already written)."""
+    try:
+        entry, rest = resolve(argv)
+        params = parse(entry.spec, rest)
+    except UsageError as exc:
+        ctx.stderr.write(str(exc))
+        return exc.rc
+    ctx.task = entry.task
+    try:
+        entry.handler(ctx, params)
+    except QmError as exc:
+        ctx.stderr.write(f"{exc}\n")
+        return 255 if entry.task else exc.rc
+    return 0
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+def log_call(paths: LabPaths, record: dict[str, Any]) -> None:
+    """Append one JSON line with a single O_APPEND write (safe under concurrent calls)."""
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.qm_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise QmError("received interrupt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: `[--lab DIR] <qm args...>`; logs every call to LabPaths.qm_log."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    paths = LabPaths.default()
+    if args[:1] == ["--lab"] and len(args) > 1:
+        paths, args = LabPaths(Path(args[1]).resolve()), args[2:]
+    elif args and args[0].startswith("--lab="):
+        paths, args = LabPaths(Path(args[0][6:]).resolve()), args[1:]
+    started, rc = _now(), 255
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        rc = run(Context(paths, node_name()), args)
+    except QmError as exc:  # interrupted outside a handler
+        sys.stderr.write(f"{exc}\n")
+    finally:
+        log_call(paths, {"start": started, "end": _now(), "argv": args, "rc": rc})
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
