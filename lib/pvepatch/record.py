@@ -25,6 +25,17 @@ class AgentOutcome:
         return self.enabled_by_run
 
 
+RESTART_STEPS = ("allowed", "stopped", "started", "ssh_back", "port_back", "agent_back")
+RESTART_REQUIRES = {
+    "allowed": (),
+    "stopped": ("allowed",),
+    "started": ("allowed", "stopped"),
+    "ssh_back": ("allowed", "stopped", "started"),
+    "port_back": ("allowed", "stopped", "started", "ssh_back"),
+    "agent_back": ("allowed", "stopped", "started", "ssh_back"),
+}
+
+
 @dataclass
 class RestartOutcome:
     method: str
@@ -50,6 +61,18 @@ class RestartOutcome:
         if self.refused:
             return f"refused: {self.refused}"
         return next(iter(self.errors.values()), "an earlier restart step did not complete")
+
+    def ok(self, step: str) -> bool:
+        return {"allowed": self.refused is None, "stopped": self.stopped, "started": self.started,
+                "ssh_back": self.ssh_back, "port_back": self.port_back,
+                "agent_back": self.agent_back}[step]
+
+    def not_reached(self, step: str) -> str | None:
+        """Why `step` was never attempted (an earlier step failed), or None."""
+        for earlier in RESTART_STEPS[: RESTART_STEPS.index(step)]:
+            if earlier in RESTART_REQUIRES[step] and not self.ok(earlier):
+                return f"not reached: restart step '{earlier}' did not complete"
+        return None
 
     @property
     def downtime(self) -> float | None:

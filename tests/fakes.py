@@ -1,0 +1,218 @@
+"""A fake fleet for fast unit and plugin tests: guests and a Proxmox host answering like the real ones.
+
+It stands in for the hosts only in the project's own fast tests; the end-to-end proof runs
+against the lab's real VMs (tests/lab).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from pvepatch.errors import TransportError
+from pvepatch.inventory import SSHSpec
+from pvepatch.transport import CommandResult
+
+
+@dataclass
+class FakeVM:
+    name: str
+    vmid: int
+    mac: str
+    agent_installed: bool = True
+    agent_in_config: bool = True
+    running: bool = True
+    lock: str | None = None
+    ssh_up: bool = True
+    ssh_after_boot: bool = True
+    ignores_shutdown: bool = False
+    packages: dict[str, str] = field(default_factory=lambda: {"bash": "5.2-1", "openssl": "3.0.1-1"})
+    updates: dict[str, str] = field(default_factory=lambda: {"openssl": "3.0.2-1"})
+    boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    pid: int = 1000
+    started_at: float = field(default_factory=time.time)
+    reboot_required: bool = False
+    guest_mac: str | None = None  # set to simulate an inventory pointing at another guest
+
+    def boot(self) -> None:
+        self.running = True
+        self.boot_id = str(uuid.uuid4())
+        self.pid += 1
+        self.started_at = time.time()
+        self.ssh_up = self.ssh_after_boot
+        self.reboot_required = False
+
+
+def _ok(out: str = "", rc: int = 0, err: str = "") -> tuple[int, str, str]:
+    return rc, out, err
+
+
+class FakeFleet:
+    """Guests and one Proxmox host 'pve'; every command sent is logged in `commands`."""
+
+    def __init__(self, vms: list[FakeVM]):
+        self.vms = {vm.name: vm for vm in vms}
+        self.by_vmid = {vm.vmid: vm for vm in vms}
+        self.commands: list[tuple[str, str]] = []
+        self.connects: list[str] = []
+        self.max_down = 0
+
+    def factory(self, name: str, spec: SSHSpec) -> FakeTransport:
+        self.connects.append(name)
+        if name in self.vms and not (self.vms[name].running and self.vms[name].ssh_up):
+            raise TransportError(name, f"SSH connection to {spec} failed: [Errno 111] Connection refused")
+        return FakeTransport(self, name)
+
+    def down_count(self) -> int:
+        return sum(not vm.running for vm in self.vms.values())
+
+    def run(self, host: str, command: str) -> tuple[int, str, str]:
+        self.commands.append((host, command))
+        if host in self.vms:
+            vm = self.vms[host]
+            if not (vm.running and vm.ssh_up):
+                raise TransportError(host, "SSH connection lost")
+            return self.guest(vm, command)
+        return self.pve(command)
+
+    # --- a guest ---------------------------------------------------------------------------
+    def guest(self, vm: FakeVM, command: str) -> tuple[int, str, str]:
+        port_present = vm.agent_in_config
+        m = re.match(r"command -v (\S+)", command)
+        if m:
+            known = m.group(1) in {"command", "dpkg-query", "systemctl", "apt-get"}
+            return _ok("/usr/bin/x\n" if known else "", 0 if known else 1)
+        if command in {"true", "uname -m"}:
+            return _ok("x86_64\n" if command == "uname -m" else "")
+        if command == "uname -s":
+            return _ok("Linux\n")
+        if command == "uname -r":
+            return _ok("6.1.0-1-amd64\n")
+        if command == "cat /etc/os-release":
+            return _ok("ID=debian\nVERSION_ID=12\n")
+        if command == "cat /proc/sys/kernel/random/boot_id":
+            return _ok(vm.boot_id + "\n")
+        if command == "hostname":
+            return _ok(vm.name + "\n")
+        if command.startswith("cat /sys/class/net/"):
+            return _ok(f"{vm.guest_mac or vm.mac}\n00:00:00:00:00:00\n")
+        if command.startswith("df -Pm"):
+            return _ok("Filesystem 1048576-blocks Used Available Capacity Mounted on\n/dev/vda 2000 800 1200 40% /\n")
+        if command == "dpkg --audit":
+            return _ok("")
+        if command.startswith("test -c /dev/virtio-ports/"):
+            return _ok(rc=0 if port_present else 1)
+        if command == "test -d /run/systemd/system/":
+            return _ok()
+        if command.startswith("if test -e /var/run/reboot-required"):
+            return _ok("REQUIRED\nopenssl\n" if vm.reboot_required else "")
+        if command.startswith("dpkg-query -f '${Status}' -W qemu-guest-agent"):
+            return _ok("install ok installed" if vm.agent_installed else "", 0 if vm.agent_installed else 1)
+        if command.startswith("dpkg-query -W -f"):
+            pkgs = dict(vm.packages)
+            if vm.agent_installed:
+                pkgs["qemu-guest-agent"] = "1:7.2"
+            return _ok("".join(f"{n}\t{v}\tii \n" for n, v in pkgs.items()))
+        if command.startswith("systemctl is-active"):
+            up = vm.agent_installed and port_present
+            return _ok("active\n" if up else "inactive\n", 0 if up else 3)
+        if command.startswith("systemctl is-enabled"):
+            return _ok("static\n", 0 if vm.agent_installed else 1)
+        if command.startswith("systemctl start"):
+            return _ok()
+        if "apt-get -s" in command:
+            return _ok("".join(f"Inst {n} [{vm.packages[n]}] ({v})\n" for n, v in vm.updates.items()))
+        if " apt-get " in command or command.startswith("apt-get"):
+            return self.apt(vm, command)
+        return _ok("", 127, f"fake guest: unknown command: {command}")
+
+    def apt(self, vm: FakeVM, command: str) -> tuple[int, str, str]:
+        words = shlex.split(command)
+        verb = words[-1] if words[-1] in {"update", "dist-upgrade", "autoremove"} else None
+        if verb == "dist-upgrade":
+            vm.packages.update(vm.updates)
+            vm.updates = {}
+            vm.reboot_required = True
+        elif "install" in words and "qemu-guest-agent" in words:
+            vm.agent_installed = True
+        return _ok("Reading package lists...\n")
+
+    # --- the Proxmox host -------------------------------------------------------------------
+    def pve(self, command: str) -> tuple[int, str, str]:
+        words = shlex.split(command)
+        if words[:1] != ["qm"] or len(words) < 3:
+            return _ok("", 255, f"fake pve: unknown command: {command}")
+        verb, vmid = words[1], words[2]
+        if verb == "guest":
+            verb, vmid = "guest", words[3]
+        vm = self.by_vmid.get(int(vmid))
+        if vm is None:
+            return _ok("", 2, f"Configuration file 'nodes/pve/qemu-server/{vmid}.conf' does not exist\n")
+        if verb == "status":
+            if "--verbose" in words:
+                lines = [f"name: {vm.name}", f"status: {'running' if vm.running else 'stopped'}", f"vmid: {vm.vmid}"]
+                if vm.running:
+                    lines += [f"pid: {vm.pid}", f"qmpstatus: running", f"uptime: {int(time.time() - vm.started_at)}"]
+                return _ok("\n".join(sorted(lines)) + "\n")
+            return _ok(f"status: {'running' if vm.running else 'stopped'}\n")
+        if verb == "config":
+            lines = [f"name: {vm.name}", f"net0: virtio={vm.mac.upper()},bridge=vmbr0", "memory: 384"]
+            if vm.agent_in_config:
+                lines.append("agent: 1")
+            if vm.lock:
+                lines.append(f"lock: {vm.lock}")
+            return _ok("\n".join(sorted(lines)) + "\n")
+        if verb == "guest":
+            if not vm.agent_in_config:
+                return _ok("", 2, "No QEMU guest agent configured\n")
+            if not vm.running:
+                return _ok("", 2, f"VM {vm.vmid} is not running\n")
+            if not vm.agent_installed:
+                return _ok("", 2, "QEMU guest agent is not running\n")
+            if words[4] == "get-host-name":
+                return _ok('{\n   "host-name" : "%s"\n}\n' % vm.name)
+            return _ok("")
+        if verb == "set":
+            vm.agent_in_config = True  # takes effect at the next start, like PVE (port follows)
+            return _ok(f"update VM {vm.vmid}: -agent enabled=1\n")
+        skiplock = "--skiplock" in words
+        if verb in {"shutdown", "stop"}:
+            if vm.running and vm.lock and not skiplock:
+                return _ok("", 255, f"VM is locked ({vm.lock})\n")
+            if verb == "shutdown" and vm.ignores_shutdown and vm.running:
+                return _ok("", 255, "VM quit/powerdown failed - got timeout\n")
+            vm.running = False
+            self.max_down = max(self.max_down, self.down_count())
+            return _ok()
+        if verb == "start":
+            if vm.lock and not skiplock:
+                return _ok("", 255, f"VM is locked ({vm.lock})\n")
+            if vm.running:
+                return _ok("", 255, f"VM {vm.vmid} already running\n")
+            vm.boot()
+            return _ok()
+        return _ok("", 255, f"fake pve: unsupported qm {verb}")
+
+
+class FakeTransport:
+    def __init__(self, fleet: FakeFleet, host: str):
+        self.fleet = fleet
+        self.host = host
+
+    def run(self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False) -> CommandResult:
+        from pvepatch.transport import quote
+
+        text = quote(command, *args)
+        rc, out, err = self.fleet.run(self.host, text)
+        return CommandResult(self.host, text, rc, out, err, 0.01, mutating)
+
+    def close(self) -> None:
+        pass
+
+
+def standard_fleet() -> FakeFleet:
+    names = ["pbs", "pihole", "pihole-backup"]
+    return FakeFleet([FakeVM(n, 101 + i, f"bc:24:11:00:00:{i + 1:02x}") for i, n in enumerate(names)])

@@ -1,0 +1,197 @@
+"""The plugin's behaviour, with pytester: the real stage files against a fake fleet."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import fakes
+from pvepatch.plugin import FACTORY_KEY
+
+pytest_plugins = ["pytester"]
+
+STAGES = Path(__file__).resolve().parents[1] / "tests_patch"
+INVENTORY = """
+all:
+  children:
+    proxmox:
+      hosts:
+        pve: {ansible_host: 127.0.0.1, ansible_port: 2200}
+    ubuntu_vms:
+      hosts:
+        pbs: {ansible_host: 127.0.0.1, ansible_port: 2201, vmid: 101, proxmox_host: pve}
+        pihole: {ansible_host: 127.0.0.1, ansible_port: 2202, vmid: 102, proxmox_host: pve}
+        pihole-backup: {ansible_host: 127.0.0.1, ansible_port: 2203, vmid: 103, proxmox_host: pve}
+"""
+FAST = ["--restart-pause", "0", "--boot-timeout", "5", "-p", "pvepatch.plugin", "-p", "no:html"]
+
+
+class FleetPlugin:
+    """Hands the plugin a fake fleet instead of SSH."""
+
+    def __init__(self, fleet: fakes.FakeFleet):
+        self.fleet = fleet
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.stash[FACTORY_KEY] = self.fleet.factory
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester):
+    shutil.copytree(STAGES, pytester.path / "tests_patch", ignore=shutil.ignore_patterns("__pycache__"))
+    (pytester.path / "inventory.yaml").write_text(INVENTORY)
+    pytester.makeini("[pytest]\ntestpaths = tests_patch\n")
+    return pytester
+
+
+@pytest.fixture
+def fleet() -> fakes.FakeFleet:
+    return fakes.standard_fleet()
+
+
+def run(suite: pytest.Pytester, fleet: fakes.FakeFleet, *args: str) -> pytest.RunResult:
+    return suite.runpytest("--inventory", "inventory.yaml", *FAST, *args, plugins=[FleetPlugin(fleet)])
+
+
+def mutating(fleet: fakes.FakeFleet) -> list[tuple[str, str]]:
+    verbs = re.compile(r"qm (start|stop|shutdown|set)|apt-get -y|systemctl start")
+    return [(h, c) for h, c in fleet.commands if verbs.search(c)]
+
+
+import re  # noqa: E402
+
+
+def test_collect_orders_stages_vm_by_vm(suite, fleet):
+    result = run(suite, fleet, "-m", "patch", "--collect-only", "-q")
+    ids = [line for line in result.outlines if "::" in line]
+    vms = [line.rsplit("[", 1)[1].rstrip("]") for line in ids]
+    assert vms == sorted(vms, key=["pbs", "pihole", "pihole-backup"].index)
+    pbs_files = [line.split("::")[0] for line in ids if line.endswith("[pbs]")]
+    assert pbs_files == sorted(pbs_files)  # test_10 < test_20 < ... < test_50
+    assert {f.rsplit("/", 1)[1] for f in pbs_files} == {
+        "test_10_preflight.py", "test_20_guest_agent.py", "test_30_patch.py",
+        "test_40_restart.py", "test_50_verify.py",
+    }
+    assert fleet.connects == []
+
+
+def test_patch_run_restarts_each_vm_once_never_two_down(suite, fleet):
+    boots = {n: vm.boot_id for n, vm in fleet.vms.items()}
+    result = run(suite, fleet, "-m", "patch")
+    result.assert_outcomes(passed=result.parseoutcomes()["passed"], failed=0)
+    assert fleet.max_down == 1
+    for name, vm in fleet.vms.items():
+        assert vm.boot_id != boots[name]
+        assert vm.packages["openssl"] == "3.0.2-1"
+        starts = [c for h, c in fleet.commands if c == f"qm start {vm.vmid}"]
+        assert len(starts) == 1
+    result.stdout.fnmatch_lines(["*mode: patch; mutating commands sent: *"])
+
+
+def test_verify_run_sends_no_mutating_command(suite, fleet):
+    result = run(suite, fleet, "-m", "verify")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes["passed"] > 0
+    assert mutating(fleet) == []
+    result.stdout.fnmatch_lines(["*mode: verify; mutating commands sent: 0*"])
+    assert not any("test_30_patch" in line or "test_40_restart" in line for line in result.outlines if "PASSED" in line)
+
+
+def test_bare_pytest_deselects_mutating_stages_and_changes_nothing(suite, fleet):
+    result = run(suite, fleet)
+    result.stdout.fnmatch_lines(["*mutating stage test(s) deselected; nothing will be changed*"])
+    assert mutating(fleet) == []
+    assert "deselected" in result.parseoutcomes()
+
+
+def test_not_verify_expression_does_not_enable_patching(suite, fleet):
+    result = run(suite, fleet, "-m", "not verify")
+    assert mutating(fleet) == []
+    result.stdout.fnmatch_lines(["*deselected; nothing will be changed*"])
+
+
+def test_failed_vm_skips_later_stages_and_others_go_on(suite, fleet):
+    fleet.vms["pihole"].ignores_shutdown = True
+    result = run(suite, fleet, "-m", "patch", "-rfs")
+    result.stdout.fnmatch_lines(["*FAILED*test_vm_shut_down[[]pihole[]]*"])
+    result.stdout.fnmatch_lines(["*SKIPPED*earlier stage failed: restart: test_vm_shut_down*"])
+    shutdowns = [c for h, c in fleet.commands if c.startswith("qm shutdown 102")]
+    assert len(shutdowns) == 1  # no retry
+    assert not any(c.startswith("qm stop 102") for h, c in fleet.commands)  # no power-off
+    assert fleet.vms["pihole"].running
+    for name in ("pbs", "pihole-backup"):
+        assert fleet.vms[name].pid == 1001
+    result.stdout.fnmatch_lines(["*pihole (VM 102 on pve): FAILED (restart: test_vm_shut_down*"])
+
+
+def test_hard_stop_fallback_powers_off_after_failed_shutdown(suite, fleet):
+    fleet.vms["pihole"].ignores_shutdown = True
+    result = run(suite, fleet, "-m", "patch", "--limit", "pihole,!pihole-backup", "--hard-stop-fallback")
+    assert result.parseoutcomes().get("failed", 0) == 0
+    assert any(c.startswith("qm stop 102") for h, c in fleet.commands)
+    assert fleet.vms["pihole"].pid == 1001
+
+
+def test_locked_vm_refused_unless_skiplock(suite, fleet):
+    fleet.vms["pbs"].lock = "backup"
+    result = run(suite, fleet, "-m", "patch", "--limit", "pbs")
+    result.stdout.fnmatch_lines(["*VM 101 is locked (backup)*"])
+    assert not any(c.startswith(("qm shutdown 101", "qm stop 101")) for h, c in fleet.commands)
+    fleet.commands.clear()
+    result = run(suite, fleet, "-m", "patch", "--limit", "pbs", "--skiplock")
+    assert result.parseoutcomes().get("failed", 0) == 0
+    assert "qm shutdown 101 --timeout 180 --skiplock 1" in [c for h, c in fleet.commands]
+
+
+def test_wrong_binding_refused_before_any_restart(suite, fleet):
+    fleet.vms["pbs"].guest_mac = "bc:24:11:99:99:99"  # the guest at pbs's address is not VM 101
+    result = run(suite, fleet, "-m", "patch", "--limit", "pbs")
+    result.stdout.fnmatch_lines(["*wrong binding: VM 101 on pve*"])
+    assert not any(c.startswith(("qm shutdown", "qm stop", "qm start")) for h, c in fleet.commands)
+
+
+def test_missing_agent_is_installed_and_enabled(suite, fleet):
+    vm = fleet.vms["pbs"]
+    vm.agent_installed = False
+    vm.agent_in_config = False
+    result = run(suite, fleet, "-m", "patch", "--limit", "pbs", "-rs")
+    assert result.parseoutcomes().get("failed", 0) == 0
+    assert vm.agent_installed and vm.agent_in_config
+    assert "qm set 101 --agent enabled=1" in [c for h, c in fleet.commands]
+    result.stdout.fnmatch_lines(["*the port appears after the restart*"])
+
+
+def test_ssh_not_back_fails_only_that_vm(suite, fleet):
+    fleet.vms["pihole"].ssh_after_boot = False
+    result = run(suite, fleet, "-m", "patch", "-rf")
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] >= 1
+    result.stdout.fnmatch_lines(["*FAILED*test_ssh_back_with_new_boot[[]pihole[]]*"])
+    assert fleet.vms["pihole-backup"].pid == 1001  # the next VM was still patched
+    assert fleet.vms["pihole"].running
+
+
+@pytest.mark.parametrize(
+    "inventory, message",
+    [
+        ("all:\n  children:\n    ubuntu_vms:\n      hosts:\n        pbs: {proxmox_host: pve}\n    proxmox:\n      hosts:\n        pve:\n",
+         "*inventory.yaml: host 'pbs': 'vmid' is missing*"),
+        ("all: [unclosed\n", "*inventory.yaml: YAML syntax error at line*"),
+    ],
+)
+def test_bad_inventory_aborts_before_any_connection(suite, fleet, inventory, message):
+    (suite.path / "inventory.yaml").write_text(inventory)
+    result = run(suite, fleet, "-m", "patch")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines([message, "*Nothing was touched*"])
+    assert fleet.connects == [] and fleet.commands == []
+
+
+def test_unknown_limit_aborts(suite, fleet):
+    result = run(suite, fleet, "-m", "patch", "--limit", "nosuchvm")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*--limit: 'nosuchvm' is neither a host nor a group*"])
+    assert fleet.connects == []
