@@ -99,10 +99,11 @@ def conf_set(text: str, key: str, value: str | None) -> str:
     """Set (or with None, delete) `key:` in the main section of a PVE config text."""
     lines = text.splitlines()
     end = next((i for i, line in enumerate(lines) if line.startswith("[")), len(lines))
-    main = [line for line in lines[:end] if not line.startswith(f"{key}:")]
+    main = [line for line in lines[:end] if line.strip() and not line.startswith(f"{key}:")]
     if value is not None:
         main.append(f"{key}: {value}")
-    return "\n".join(main + lines[end:]) + "\n"
+    rest = ["", *lines[end:]] if end < len(lines) else []
+    return "\n".join(main + rest) + "\n"
 
 
 def conf_get(text: str, key: str) -> str | None:

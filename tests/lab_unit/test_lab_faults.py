@@ -1,0 +1,78 @@
+"""Fault definitions: what each one changes, in the guest or in the conf."""
+
+from __future__ import annotations
+
+import pytest
+
+from pvelab import faults, fleet
+from pvelab.sshcmd import LabError
+
+CONF = "name: pbs\nagent: 1\nmemory: 384\n"
+
+
+def test_every_fault_is_listed() -> None:
+    assert set(faults.FAULTS) == {
+        "agent-missing", "virtio-missing", "sshd-broken", "lock-backup",
+        "ignore-shutdown", "dns-down", "dpkg-lock", "dpkg-halfconf",
+    }  # fmt: skip
+
+
+def test_agent_missing_purges_agent_and_drops_conf_key() -> None:
+    f = faults.get("agent-missing")
+    assert "apt-get purge -y qemu-guest-agent" in f.guest_script
+    assert faults.apply_conf(f, CONF) == "name: pbs\nmemory: 384\n"
+
+
+def test_lock_backup_is_host_side_only() -> None:
+    f = faults.get("lock-backup")
+    assert f.guest_script is None
+    assert faults.apply_conf(f, CONF).splitlines()[-1] == "lock: backup"
+
+
+def test_virtio_missing_blacklists_virtio_console_and_nothing_else() -> None:
+    script = faults.get("virtio-missing").guest_script
+    assert "blacklist virtio_console" in script
+    assert "install virtio_console /bin/false" in script
+    assert "update-initramfs" not in script
+
+
+def test_sshd_broken_is_a_drop_in_that_fails_start() -> None:
+    script = faults.get("sshd-broken").guest_script
+    assert "/etc/systemd/system/ssh.service.d/" in script
+    assert "ExecStartPre=\nExecStartPre=" in script
+    assert "restart ssh" not in script  # the current session keeps working
+
+
+def test_ignore_shutdown_blocks_acpi_and_agent() -> None:
+    script = faults.get("ignore-shutdown").guest_script
+    assert "HandlePowerKey=ignore" in script
+    assert "--block-rpcs=guest-shutdown" in script
+    assert "systemctl restart qemu-guest-agent" in script
+
+
+def test_dns_down_masks_dnsmasq_and_needs_a_pihole() -> None:
+    f = faults.get("dns-down")
+    assert "systemctl mask dnsmasq" in f.guest_script
+    faults.check_applicable(f, fleet.by_name("pihole-backup"))
+    with pytest.raises(LabError, match="needs a VM of role pihole; pbs is plain"):
+        faults.check_applicable(f, fleet.by_name("pbs"))
+
+
+def test_dpkg_lock_runs_detached_and_waits_for_the_lock() -> None:
+    script = faults.get("dpkg-lock").guest_script
+    assert "systemd-run --unit=pvelab-dpkg-lock" in script
+    assert "pvelab-slow" in script
+    assert f"echo {faults.DPKG_LOCK_SECONDS} > /etc/pvelab/slow-seconds" in script
+    assert "/proc/locks" in script
+
+
+def test_dpkg_halfconf_unpacks_without_configuring() -> None:
+    script = faults.get("dpkg-halfconf").guest_script
+    assert "apt-get download pvelab-halfconf" in script
+    assert "dpkg --unpack" in script
+    assert "--configure" not in script
+
+
+def test_unknown_fault_names_the_known_ones() -> None:
+    with pytest.raises(LabError, match="unknown fault 'nope'; known: agent-missing"):
+        faults.get("nope")
