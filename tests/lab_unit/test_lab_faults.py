@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pvelab import faults, fleet
 from pvelab.sshcmd import LabError
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pvelab import fleet
 from pvelab.paths import LabPaths
 from pvelab.sshcmd import LabError

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from pvelab import fleet, inventory
 from pvelab.paths import LabPaths
 

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from pvelab import pvehost, seed
 from pvelab.paths import LabPaths
 from pvelab.sshcmd import ssh_run
@@ -30,7 +29,8 @@ def test_sshd_config_listens_on_loopback_only(tmp_path: Path) -> None:
     assert "PasswordAuthentication no" in lines
     assert f"AuthorizedKeysFile {tmp_path}/pve/authorized_keys" in lines
     assert f"PidFile {tmp_path}/pve/sshd.pid" in lines
-    assert f"SetEnv PATH={tmp_path}/bin:/usr/sbin:/usr/bin:/sbin:/bin PVELAB_DIR={tmp_path}" in lines
+    path = f"{tmp_path}/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert f"SetEnv PATH={path} PVELAB_DIR={tmp_path}" in lines
 
 
 def test_qm_wrapper_runs_the_stand_in_for_this_lab(tmp_path: Path) -> None:

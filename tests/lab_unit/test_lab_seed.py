@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from pvelab import fleet, pvehost, seed
 from pvelab.paths import LabPaths
 
