@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from pvelab import vmconf
 from pvelab.paths import LabPaths
 from pvelab.qemu import qemu_command
