@@ -76,7 +76,7 @@ _MUTATING_PATTERNS = [
     r"snapshot|guest\s+exec|agent\s+\d+\s+shutdown|guest\s+cmd\s+\d+\s+shutdown)\b",
     r"\bsystemctl\b.*\b(start|stop|restart|reload|enable|disable|mask|unmask|kill|"
     r"reboot|poweroff|halt|isolate)\b",
-    r"(^|[\s;&|])(reboot|poweroff|halt|shutdown|rm|mv|dd|mkfs\S*|tee|truncate)(\s|$)",
+    r"(^|[\s;&|'\"(`])(reboot|poweroff|halt|shutdown|rm|mv|dd|mkfs\S*|tee|truncate)(\s|$)",
     r"(^|[^<>])>{1,2}\s*/(?!dev/null)",
 ]
 _MUTATING_RE = re.compile("|".join(f"(?:{p})" for p in _MUTATING_PATTERNS))

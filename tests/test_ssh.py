@@ -1,0 +1,154 @@
+"""SSH host-key verification with a real SSH server on 127.0.0.1 (paramiko's server side)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from pvepatch.errors import CommandTimeout, HostKeyError
+from pvepatch.inventory import SSHSpec
+from pvepatch.ssh import SSHTransport
+
+
+class _Server(paramiko.ServerInterface):
+    def __init__(self, client_key: paramiko.PKey):
+        self.client_key = client_key
+        self.event = threading.Event()
+        self.command = b""
+
+    def check_auth_publickey(self, username, key):
+        return paramiko.AUTH_SUCCESSFUL if key == self.client_key else paramiko.AUTH_FAILED
+
+    def get_allowed_auths(self, username):
+        return "publickey"
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED
+
+    def check_channel_exec_request(self, channel, command):
+        self.command = command
+        self.event.set()
+        return True
+
+
+class SSHD:
+    """A one-connection-at-a-time SSH server that runs `echo`, `false` and `sleep`."""
+
+    def __init__(self, host_key: paramiko.PKey, client_key: paramiko.PKey):
+        self.host_key, self.client_key = host_key, client_key
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        t = paramiko.Transport(conn)
+        t.add_server_key(self.host_key)
+        server = _Server(self.client_key)
+        try:
+            t.start_server(server=server)
+            while True:
+                chan = t.accept(10)
+                if chan is None:
+                    return
+                server.event.wait(5)
+                server.event.clear()
+                cmd = server.command.decode()
+                if cmd.startswith("sleep"):
+                    threading.Event().wait(float(cmd.split()[1]))
+                if cmd.startswith("echo "):
+                    chan.sendall(cmd[5:].encode() + b"\n")
+                chan.sendall_stderr(b"")
+                chan.send_exit_status(1 if cmd == "false" else 0)
+                chan.close()
+        except Exception:  # noqa: BLE001 - a test server; the client side asserts
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    host = paramiko.Ed25519Key.from_private_key_file(_keygen(tmp_path / "host"))
+    client_path = _keygen(tmp_path / "client")
+    return host, paramiko.Ed25519Key.from_private_key_file(client_path), Path(client_path)
+
+
+def _keygen(path: Path) -> str:
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return str(path)
+
+
+@pytest.fixture
+def sshd(keys):
+    server = SSHD(keys[0], keys[1])
+    yield server
+    server.close()
+
+
+def transport(sshd, keys, known_hosts: Path, accept_new=False) -> SSHTransport:
+    spec = SSHSpec("127.0.0.1", sshd.port, "root", keys[2], known_hosts_files=(known_hosts,))
+    return SSHTransport("vm", spec, accept_new=accept_new, connect_timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def no_user_known_hosts(monkeypatch, tmp_path):
+    monkeypatch.setattr("pvepatch.ssh.DEFAULT_KNOWN_HOSTS", tmp_path / "user_known_hosts")
+
+
+def test_known_key_connects_and_runs(sshd, keys, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n")
+    t = transport(sshd, keys, kh)
+    result = t.run("echo %s", "hello world")
+    assert (result.rc, result.stdout, result.command) == (0, "'hello world'\n", "echo 'hello world'")
+    assert t.run("false").rc == 1
+    t.close()
+
+
+def test_unknown_key_is_refused(sshd, keys, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    with pytest.raises(HostKeyError, match="host key unknown"):
+        transport(sshd, keys, kh).connect()
+
+
+def test_changed_key_is_refused_even_with_accept_new(sshd, keys, tmp_path):
+    other = paramiko.Ed25519Key.from_private_key_file(_keygen(tmp_path / "other"))
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {other.get_base64()}\n")
+    with pytest.raises(HostKeyError, match="HOST KEY CHANGED"):
+        transport(sshd, keys, kh, accept_new=True).connect()
+
+
+def test_accept_new_records_the_key(sshd, keys, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    t = transport(sshd, keys, kh, accept_new=True)
+    assert t.run("echo ok").stdout == "ok\n"
+    assert kh.read_text() == f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n"
+    t.close()
+    transport(sshd, keys, kh).connect()  # now known: strict mode accepts it
+
+
+def test_command_timeout(sshd, keys, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n")
+    with pytest.raises(CommandTimeout, match="command timed out after 1 s: sleep 5"):
+        transport(sshd, keys, kh).run("sleep 5", timeout=1)
