@@ -18,7 +18,10 @@ def test_proxmox_host_answers(cycle, target):
 
 def test_vm_is_running(cycle, target):
     status = cycle.qm().status()
-    assert status == "running", f"qm status {target.vmid} on {target.proxmox.name}: {status}"
+    assert status == "running", (
+        f"VM {target.vmid} on {target.proxmox.name} is {status}; pvepatch starts only VMs it stopped "
+        f"itself: if it should run, start it (qm start {target.vmid}) and run again"
+    )
 
 
 def test_vmid_binding_by_mac(cycle, target, record):
