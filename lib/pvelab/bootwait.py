@@ -37,6 +37,16 @@ class BootState:
         return None if at is None else round(at - self.started, 1)
 
 
+def poll(check: Callable[[], bool], timeout: float, interval: float = 2.0) -> bool:
+    """Call `check` until it returns True or `timeout` s pass; returns the last verdict."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def agent_ping(paths: LabPaths, vmid: int, timeout: float = 2.0) -> bool:
     try:
         QGAClient(paths.qga_socket(vmid), vmid).command("guest-ping", timeout=timeout)

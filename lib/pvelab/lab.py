@@ -105,7 +105,26 @@ class Lab:
             self._prepare_vm(vm, image, log)
         inventory.write(self.paths, self.base, selected)
         states = self._start_vms(selected, log)
-        log(f"waiting for {', '.join(vm.name for vm in selected)} (deadline {timeout:.0f} s)")
+        self._wait(states, timeout, log)
+        summary = self._summary(selected, states, time.monotonic() - began)
+        self._save_state(last_up=summary)
+        for line in format_summary(summary):
+            log(line)
+        return summary
+
+    def wait(self, vms: VMs = None, timeout: float = UP_TIMEOUT, log: Log = print) -> None:
+        """Wait until the given (started) VMs answer: agent (if configured), then SSH login."""
+        states = [self._boot_state(vm) for vm in fleet.select(vms)]
+        self._wait(states, timeout, log)
+
+    def _boot_state(self, vm: VM) -> bootwait.BootState:
+        agent = fleet.conf_get(self.paths.conf(vm.vmid).read_text(), "agent")
+        return bootwait.BootState(
+            vm, time.monotonic(), vmconf.agent_enabled({"agent": agent or "0"})
+        )
+
+    def _wait(self, states: list[bootwait.BootState], timeout: float, log: Log) -> None:
+        log(f"waiting for {', '.join(s.vm.name for s in states)} (deadline {timeout:.0f} s)")
         bootwait.wait_all(
             states,
             port_of=lambda vm: vm.ssh_port(self.base),
@@ -115,11 +134,6 @@ class Lab:
             timeout=timeout,
             log=log,
         )
-        summary = self._summary(selected, states, time.monotonic() - began)
-        self._save_state(last_up=summary)
-        for line in format_summary(summary):
-            log(line)
-        return summary
 
     def _prepare_host(self, log: Log) -> Any:
         from pvelab import accel, image, repo  # heavy: only needed when bringing the lab up
@@ -176,9 +190,7 @@ class Lab:
                 log(f"{vm.name}: qm start {vm.vmid} ({result.duration:.1f} s)")
             else:
                 log(f"{vm.name}: already running")
-            conf = self.paths.conf(vm.vmid).read_text()
-            need_agent = vmconf.agent_enabled({"agent": fleet.conf_get(conf, "agent") or "0"})
-            states.append(bootwait.BootState(vm, time.monotonic(), need_agent))
+            states.append(self._boot_state(vm))
         return states
 
     def _summary(
@@ -297,7 +309,7 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
     acc = summary.get("accel") or {}
     lines = [
         f"lab up in {summary['seconds']} s; acceleration {str(acc.get('accel')).upper()}"
-        f" ({acc.get('reason')})",
+        f" ({str(acc.get('reason')).splitlines()[0]})",
         f"PVE host: {summary['pve']}   inventory: {summary['inventory']}",
         f"{'VM':<14} {'VMID':>4} {'SSH':>6} {'agent s':>8} {'SSH s':>6} {'RSS MiB':>8}",
     ]
