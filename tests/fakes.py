@@ -29,7 +29,9 @@ class FakeVM:
     ssh_up: bool = True
     ssh_after_boot: bool = True
     ignores_shutdown: bool = False
-    packages: dict[str, str] = field(default_factory=lambda: {"bash": "5.2-1", "openssl": "3.0.1-1"})
+    packages: dict[str, str] = field(
+        default_factory=lambda: {"bash": "5.2-1", "openssl": "3.0.1-1"}
+    )
     updates: dict[str, str] = field(default_factory=lambda: {"openssl": "3.0.2-1"})
     boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     pid: int = 1000
@@ -63,7 +65,9 @@ class FakeFleet:
     def factory(self, name: str, spec: SSHSpec) -> FakeTransport:
         self.connects.append(name)
         if name in self.vms and not (self.vms[name].running and self.vms[name].ssh_up):
-            raise TransportError(name, f"SSH connection to {spec} failed: [Errno 111] Connection refused")
+            raise TransportError(
+                name, f"SSH connection to {spec} failed: [Errno 111] Connection refused"
+            )
         return FakeTransport(self, name)
 
     def down_count(self) -> int:
@@ -100,7 +104,9 @@ class FakeFleet:
         if command.startswith("cat /sys/class/net/"):
             return _ok(f"{vm.guest_mac or vm.mac}\n00:00:00:00:00:00\n")
         if command.startswith("df -Pm"):
-            return _ok("Filesystem 1048576-blocks Used Available Capacity Mounted on\n/dev/vda 2000 800 1200 40% /\n")
+            return _ok(
+                "Filesystem 1048576-blocks Used Available Capacity Mounted on\n/dev/vda 2000 800 1200 40% /\n"
+            )
         if command == "dpkg --audit":
             return _ok("")
         if command.startswith("test -c /dev/virtio-ports/"):
@@ -110,7 +116,9 @@ class FakeFleet:
         if command.startswith("if test -e /var/run/reboot-required"):
             return _ok("REQUIRED\nopenssl\n" if vm.reboot_required else "")
         if command.startswith("dpkg-query -f '${Status}' -W qemu-guest-agent"):
-            return _ok("install ok installed" if vm.agent_installed else "", 0 if vm.agent_installed else 1)
+            return _ok(
+                "install ok installed" if vm.agent_installed else "", 0 if vm.agent_installed else 1
+            )
         if command.startswith("dpkg-query -W -f"):
             pkgs = dict(vm.packages)
             if vm.agent_installed:
@@ -124,7 +132,9 @@ class FakeFleet:
         if command.startswith("systemctl start"):
             return _ok()
         if "apt-get -s" in command:
-            return _ok("".join(f"Inst {n} [{vm.packages[n]}] ({v})\n" for n, v in vm.updates.items()))
+            return _ok(
+                "".join(f"Inst {n} [{vm.packages[n]}] ({v})\n" for n, v in vm.updates.items())
+            )
         if " apt-get " in command or command.startswith("apt-get"):
             return self.apt(vm, command)
         return _ok("", 127, f"fake guest: unknown command: {command}")
@@ -150,16 +160,30 @@ class FakeFleet:
             verb, vmid = "guest", words[3]
         vm = self.by_vmid.get(int(vmid))
         if vm is None:
-            return _ok("", 2, f"Configuration file 'nodes/pve/qemu-server/{vmid}.conf' does not exist\n")
+            return _ok(
+                "", 2, f"Configuration file 'nodes/pve/qemu-server/{vmid}.conf' does not exist\n"
+            )
         if verb == "status":
             if "--verbose" in words:
-                lines = [f"name: {vm.name}", f"status: {'running' if vm.running else 'stopped'}", f"vmid: {vm.vmid}"]
+                lines = [
+                    f"name: {vm.name}",
+                    f"status: {'running' if vm.running else 'stopped'}",
+                    f"vmid: {vm.vmid}",
+                ]
                 if vm.running:
-                    lines += [f"pid: {vm.pid}", f"qmpstatus: running", f"uptime: {int(time.time() - vm.started_at)}"]
+                    lines += [
+                        f"pid: {vm.pid}",
+                        "qmpstatus: running",
+                        f"uptime: {int(time.time() - vm.started_at)}",
+                    ]
                 return _ok("\n".join(sorted(lines)) + "\n")
             return _ok(f"status: {'running' if vm.running else 'stopped'}\n")
         if verb == "config":
-            lines = [f"name: {vm.name}", f"net0: virtio={vm.mac.upper()},bridge=vmbr0", "memory: 384"]
+            lines = [
+                f"name: {vm.name}",
+                f"net0: virtio={vm.mac.upper()},bridge=vmbr0",
+                "memory: 384",
+            ]
             if vm.agent_in_config:
                 lines.append("agent: 1")
             if vm.lock:
@@ -173,7 +197,7 @@ class FakeFleet:
             if not vm.agent_installed:
                 return _ok("", 2, "QEMU guest agent is not running\n")
             if words[4] == "get-host-name":
-                return _ok('{\n   "host-name" : "%s"\n}\n' % vm.name)
+                return _ok(f'{{\n   "host-name" : "{vm.name}"\n}}\n')
             return _ok("")
         if verb == "set":
             vm.agent_in_config = True  # takes effect at the next start, like PVE (port follows)
@@ -202,7 +226,9 @@ class FakeTransport:
         self.fleet = fleet
         self.host = host
 
-    def run(self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False) -> CommandResult:
+    def run(
+        self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False
+    ) -> CommandResult:
         from pvepatch.transport import quote
 
         text = quote(command, *args)
@@ -215,4 +241,6 @@ class FakeTransport:
 
 def standard_fleet() -> FakeFleet:
     names = ["pbs", "pihole", "pihole-backup"]
-    return FakeFleet([FakeVM(n, 101 + i, f"bc:24:11:00:00:{i + 1:02x}") for i, n in enumerate(names)])
+    return FakeFleet(
+        [FakeVM(n, 101 + i, f"bc:24:11:00:00:{i + 1:02x}") for i, n in enumerate(names)]
+    )

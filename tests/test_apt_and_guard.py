@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 
 import pytest
-
 from pvepatch.apt import Apt, apt_command, diff_packages, parse_dpkg_query
 from pvepatch.errors import ReadOnlyViolation
 from pvepatch.transport import CommandResult, GuardedTransport, ReadOnlyGuard, looks_mutating, quote
@@ -14,22 +13,39 @@ from pvepatch.transport import CommandResult, GuardedTransport, ReadOnlyGuard, l
 def test_apt_command_is_fully_non_interactive():
     words = shlex.split(apt_command("dist-upgrade", lock_timeout=300))
     assert words[0] == "env"  # env inside sudo: sudoers env policy cannot drop the variables
-    for var in ("DEBIAN_FRONTEND=noninteractive", "NEEDRESTART_SUSPEND=1", "APT_LISTCHANGES_FRONTEND=none",
-                "UCF_FORCE_CONFFOLD=1"):
+    for var in (
+        "DEBIAN_FRONTEND=noninteractive",
+        "NEEDRESTART_SUSPEND=1",
+        "APT_LISTCHANGES_FRONTEND=none",
+        "UCF_FORCE_CONFFOLD=1",
+    ):
         assert var in words
-    assert words[words.index("apt-get"):] == [
-        "apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "-o", "Dpkg::Options::=--force-confdef",
-        "-o", "Dpkg::Options::=--force-confold", "dist-upgrade"]
+    assert words[words.index("apt-get") :] == [
+        "apt-get",
+        "-y",
+        "-q",
+        "-o",
+        "DPkg::Lock::Timeout=300",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        "dist-upgrade",
+    ]
 
 
 def test_dpkg_query_and_diff():
-    before = parse_dpkg_query("bash\t5.2-1\tii \nopenssl\t3.0.1-1\tii \nold\t1\trc \ngone\t1\tii \n")
+    before = parse_dpkg_query(
+        "bash\t5.2-1\tii \nopenssl\t3.0.1-1\tii \nold\t1\trc \ngone\t1\tii \n"
+    )
     assert before == {"bash": "5.2-1", "openssl": "3.0.1-1", "gone": "1"}
     after = {"bash": "5.2-1", "openssl": "3.0.2-1", "new": "2"}
     changes = diff_packages(before, after)
     assert [(c.name, c.old, c.new, c.kind) for c in changes] == [
-        ("gone", "1", None, "removed"), ("new", None, "2", "installed"),
-        ("openssl", "3.0.1-1", "3.0.2-1", "upgraded")]
+        ("gone", "1", None, "removed"),
+        ("new", None, "2", "installed"),
+        ("openssl", "3.0.1-1", "3.0.2-1", "upgraded"),
+    ]
 
 
 class Scripted:
@@ -70,22 +86,43 @@ def test_package_names_are_checked():
         Apt(Scripted()).install("qemu-guest-agent; reboot")
 
 
-@pytest.mark.parametrize("command", [
-    "qm start 101", "qm shutdown 101 --timeout 180", "qm set 101 --agent enabled=1", "qm stop 101",
-    apt_command("dist-upgrade"), "systemctl restart ssh", "reboot", "rm -rf /tmp/x", "echo x > /etc/motd",
-    "dpkg --configure -a", "sh -c 'shutdown -h now'",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "qm start 101",
+        "qm shutdown 101 --timeout 180",
+        "qm set 101 --agent enabled=1",
+        "qm stop 101",
+        apt_command("dist-upgrade"),
+        "systemctl restart ssh",
+        "reboot",
+        "rm -rf /tmp/x",
+        "echo x > /etc/motd",
+        "dpkg --configure -a",
+        "sh -c 'shutdown -h now'",
+    ],
+)
 def test_mutating_commands_are_recognised(command):
     assert looks_mutating(command)
 
 
-@pytest.mark.parametrize("command", [
-    "qm status 101", "qm status 101 --verbose", "qm config 101", "qm guest cmd 101 ping",
-    "systemctl is-active qemu-guest-agent", "systemctl is-enabled qemu-guest-agent",
-    "dpkg-query -f '${Status}' -W qemu-guest-agent", "cat /proc/sys/kernel/random/boot_id",
-    "test -c /dev/virtio-ports/org.qemu.guest_agent.0", "dpkg --audit", "df -Pm /",
-    "if test -e /var/run/reboot-required; then echo REQUIRED; cat /var/run/reboot-required.pkgs 2>/dev/null; fi; true",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "qm status 101",
+        "qm status 101 --verbose",
+        "qm config 101",
+        "qm guest cmd 101 ping",
+        "systemctl is-active qemu-guest-agent",
+        "systemctl is-enabled qemu-guest-agent",
+        "dpkg-query -f '${Status}' -W qemu-guest-agent",
+        "cat /proc/sys/kernel/random/boot_id",
+        "test -c /dev/virtio-ports/org.qemu.guest_agent.0",
+        "dpkg --audit",
+        "df -Pm /",
+        "if test -e /var/run/reboot-required; then echo REQUIRED; cat /var/run/reboot-required.pkgs 2>/dev/null; fi; true",
+    ],
+)
 def test_read_only_commands_pass(command):
     assert not looks_mutating(command)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pvepatch.errors import InventoryError
 from pvepatch.inventory import load_inventory
 
@@ -47,7 +46,14 @@ def inv(tmp_path: Path, hosts: str, **kw: str):
 def test_example_inventory_is_valid():
     inventory = load_inventory(ROOT / "inventory.yaml")
     assert [t.name for t in inventory.targets] == [
-        "pbs", "pihole", "pihole-backup", "ca", "grafana", "bookstack", "npm"]
+        "pbs",
+        "pihole",
+        "pihole-backup",
+        "ca",
+        "grafana",
+        "bookstack",
+        "npm",
+    ]
     assert all(t.ssh.address.startswith("192.0.2.") for t in inventory.targets)
     npm = inventory.target("npm")
     assert npm.ssh.user == "ubuntu" and npm.ssh.become
@@ -55,10 +61,13 @@ def test_example_inventory_is_valid():
 
 
 def test_seed_form_and_variable_precedence(tmp_path):
-    inventory = inv(tmp_path, """
+    inventory = inv(
+        tmp_path,
+        """
         pbs: {ansible_host: 192.0.2.21, vmid: 101, proxmox_host: pve}
         pihole: {ansible_host: 192.0.2.22, vmid: 102, proxmox_host: pve, ansible_port: 22}
-""")
+""",
+    )
     pbs, pihole = inventory.targets
     assert (pbs.vmid, pbs.proxmox.name, pbs.ssh.address) == (101, "pve", "192.0.2.21")
     assert pbs.ssh.user == "admin"  # from all
@@ -70,29 +79,51 @@ def test_seed_form_and_variable_precedence(tmp_path):
 
 
 def test_known_hosts_file_from_ssh_common_args(tmp_path):
-    inventory = inv(tmp_path, """
+    inventory = inv(
+        tmp_path,
+        """
         pbs: {vmid: 101, proxmox_host: pve, ansible_ssh_common_args: "-o UserKnownHostsFile=/lab/kh -o StrictHostKeyChecking=yes"}
-""")
+""",
+    )
     assert inventory.targets[0].ssh.known_hosts_files == (Path("/lab/kh"),)
 
 
 @pytest.mark.parametrize(
     "hosts, message",
     [
-        ("        pbs: {proxmox_host: pve}",
-         "host 'pbs': 'vmid' is missing: every target VM must define vmid and proxmox_host"),
-        ("        pbs: {vmid: 10a, proxmox_host: pve}", "host 'pbs': 'vmid' must be an integer, got '10a'"),
-        ("        pbs: {vmid: 99, proxmox_host: pve}", "host 'pbs': 'vmid' must be between 100 and 999999999, got 99"),
-        ("        pbs: {vmid: true, proxmox_host: pve}", "host 'pbs': 'vmid' must be an integer, got True"),
+        (
+            "        pbs: {proxmox_host: pve}",
+            "host 'pbs': 'vmid' is missing: every target VM must define vmid and proxmox_host",
+        ),
+        (
+            "        pbs: {vmid: 10a, proxmox_host: pve}",
+            "host 'pbs': 'vmid' must be an integer, got '10a'",
+        ),
+        (
+            "        pbs: {vmid: 99, proxmox_host: pve}",
+            "host 'pbs': 'vmid' must be between 100 and 999999999, got 99",
+        ),
+        (
+            "        pbs: {vmid: true, proxmox_host: pve}",
+            "host 'pbs': 'vmid' must be an integer, got True",
+        ),
         ("        pbs: {vmid: 101}", "host 'pbs': 'proxmox_host' is missing"),
-        ("        pbs: {vmid: 101, proxmox_host: pve2}",
-         "host 'pbs': 'proxmox_host' names 'pve2', which is not a host of the inventory"),
-        ("        pbs: {vmid: 101, proxmox_host: pve}\n        ca: {vmid: 101, proxmox_host: pve}",
-         "host 'ca': 'vmid' 101 on Proxmox host 'pve' is also the vmid of 'pbs'"),
-        ("        pbs: {vmid: 101, proxmox_host: pve, ansible_port: http}",
-         "host 'pbs': 'ansible_port' must be an integer, got 'http'"),
-        ("        pbs: {vmid: 101, proxmox_host: pve, ansible_ssh_private_key_file: /nonexistent/key}",
-         "host 'pbs': 'ansible_ssh_private_key_file' file not found: /nonexistent/key"),
+        (
+            "        pbs: {vmid: 101, proxmox_host: pve2}",
+            "host 'pbs': 'proxmox_host' names 'pve2', which is not a host of the inventory",
+        ),
+        (
+            "        pbs: {vmid: 101, proxmox_host: pve}\n        ca: {vmid: 101, proxmox_host: pve}",
+            "host 'ca': 'vmid' 101 on Proxmox host 'pve' is also the vmid of 'pbs'",
+        ),
+        (
+            "        pbs: {vmid: 101, proxmox_host: pve, ansible_port: http}",
+            "host 'pbs': 'ansible_port' must be an integer, got 'http'",
+        ),
+        (
+            "        pbs: {vmid: 101, proxmox_host: pve, ansible_ssh_private_key_file: /nonexistent/key}",
+            "host 'pbs': 'ansible_ssh_private_key_file' file not found: /nonexistent/key",
+        ),
     ],
 )
 def test_validation_errors_name_file_host_and_field(tmp_path, hosts, message):
@@ -102,21 +133,30 @@ def test_validation_errors_name_file_host_and_field(tmp_path, hosts, message):
 
 
 def test_same_vmid_on_two_proxmox_hosts_is_fine(tmp_path):
-    text = (BASE % "        pbs: {vmid: 101, proxmox_host: pve}\n        ca: {vmid: 101, proxmox_host: pve2}").replace(
-        "        pve: {ansible_host: 192.0.2.10}", "        pve: {ansible_host: 192.0.2.10}\n        pve2:")
+    text = (
+        BASE
+        % "        pbs: {vmid: 101, proxmox_host: pve}\n        ca: {vmid: 101, proxmox_host: pve2}"
+    ).replace(
+        "        pve: {ansible_host: 192.0.2.10}",
+        "        pve: {ansible_host: 192.0.2.10}\n        pve2:",
+    )
     inventory = load_inventory(write(tmp_path, text))
     assert [(t.name, t.proxmox.name) for t in inventory.targets] == [("pbs", "pve"), ("ca", "pve2")]
 
 
 def test_pihole_without_blocked_name_is_an_error(tmp_path):
     text = (BASE % "        pihole: {vmid: 102, proxmox_host: pve}").replace(
-        "        pihole_blocked_name: ads.example.com\n", "")
+        "        pihole_blocked_name: ads.example.com\n", ""
+    )
     with pytest.raises(InventoryError, match="host 'pihole': 'pihole_blocked_name' is missing"):
         load_inventory(write(tmp_path, text))
 
 
 def test_yaml_syntax_error_names_line(tmp_path):
-    with pytest.raises(InventoryError, match=r"inventory.yaml: YAML syntax error at line 3, column 1: expected the node content"):
+    with pytest.raises(
+        InventoryError,
+        match=r"inventory.yaml: YAML syntax error at line 3, column 1: expected the node content",
+    ):
         load_inventory(write(tmp_path, "all:\n  children: [\n"))
 
 
@@ -136,7 +176,10 @@ def test_limit_by_name_group_and_exclusion(tmp_path):
     hosts = "        pbs: {vmid: 101, proxmox_host: pve}\n        pihole: {vmid: 102, proxmox_host: pve}\n        ca: {vmid: 104, proxmox_host: pve}"
     assert [t.name for t in inv(tmp_path, hosts, limit="ca").targets] == ["ca"]
     assert [t.name for t in inv(tmp_path, hosts, limit="pihole,ca").targets] == ["pihole", "ca"]
-    assert [t.name for t in inv(tmp_path, hosts, limit="ubuntu_vms,!pihole").targets] == ["pbs", "ca"]
+    assert [t.name for t in inv(tmp_path, hosts, limit="ubuntu_vms,!pihole").targets] == [
+        "pbs",
+        "ca",
+    ]
     with pytest.raises(InventoryError, match="--limit: 'web1' is neither a host nor a group"):
         inv(tmp_path, hosts, limit="web1")
     with pytest.raises(InventoryError, match="selects no host of group 'ubuntu_vms'"):
@@ -146,5 +189,10 @@ def test_limit_by_name_group_and_exclusion(tmp_path):
 def test_proxmox_hosts_are_never_targets(tmp_path):
     inventory = inv(tmp_path, "        pbs: {vmid: 101, proxmox_host: pve}")
     assert "pve" not in [t.name for t in inventory.targets]
-    with pytest.raises(InventoryError, match="'proxmox_host' names 'ca', which is itself a target VM"):
-        inv(tmp_path, "        pbs: {vmid: 101, proxmox_host: ca}\n        ca: {vmid: 104, proxmox_host: pve}")
+    with pytest.raises(
+        InventoryError, match="'proxmox_host' names 'ca', which is itself a target VM"
+    ):
+        inv(
+            tmp_path,
+            "        pbs: {vmid: 101, proxmox_host: ca}\n        ca: {vmid: 104, proxmox_host: pve}",
+        )

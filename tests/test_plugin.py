@@ -5,9 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 import fakes
+import pytest
 from pvepatch.plugin import FACTORY_KEY
 
 pytest_plugins = ["pytester"]
@@ -41,7 +40,9 @@ class FleetPlugin:
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester):
-    shutil.copytree(STAGES, pytester.path / "tests_patch", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        STAGES, pytester.path / "tests_patch", ignore=shutil.ignore_patterns("__pycache__")
+    )
     (pytester.path / "inventory.yaml").write_text(INVENTORY)
     pytester.makeini("[pytest]\ntestpaths = tests_patch\n")
     return pytester
@@ -53,7 +54,9 @@ def fleet() -> fakes.FakeFleet:
 
 
 def run(suite: pytest.Pytester, fleet: fakes.FakeFleet, *args: str) -> pytest.RunResult:
-    return suite.runpytest("--inventory", "inventory.yaml", *FAST, *args, plugins=[FleetPlugin(fleet)])
+    return suite.runpytest(
+        "--inventory", "inventory.yaml", *FAST, *args, plugins=[FleetPlugin(fleet)]
+    )
 
 
 def mutating(fleet: fakes.FakeFleet) -> list[tuple[str, str]]:
@@ -72,8 +75,11 @@ def test_collect_orders_stages_vm_by_vm(suite, fleet):
     pbs_files = [line.split("::")[0] for line in ids if line.endswith("[pbs]")]
     assert pbs_files == sorted(pbs_files)  # test_10 < test_20 < ... < test_50
     assert {f.rsplit("/", 1)[1] for f in pbs_files} == {
-        "test_10_preflight.py", "test_20_guest_agent.py", "test_30_patch.py",
-        "test_40_restart.py", "test_50_verify.py",
+        "test_10_preflight.py",
+        "test_20_guest_agent.py",
+        "test_30_patch.py",
+        "test_40_restart.py",
+        "test_50_verify.py",
     }
     assert fleet.connects == []
 
@@ -97,7 +103,11 @@ def test_verify_run_sends_no_mutating_command(suite, fleet):
     assert outcomes.get("failed", 0) == 0 and outcomes["passed"] > 0
     assert mutating(fleet) == []
     result.stdout.fnmatch_lines(["*mode: verify; mutating commands sent: 0*"])
-    assert not any("test_30_patch" in line or "test_40_restart" in line for line in result.outlines if "PASSED" in line)
+    assert not any(
+        "test_30_patch" in line or "test_40_restart" in line
+        for line in result.outlines
+        if "PASSED" in line
+    )
 
 
 def test_bare_pytest_deselects_mutating_stages_and_changes_nothing(suite, fleet):
@@ -129,7 +139,9 @@ def test_failed_vm_skips_later_stages_and_others_go_on(suite, fleet):
 
 def test_hard_stop_fallback_powers_off_after_failed_shutdown(suite, fleet):
     fleet.vms["pihole"].ignores_shutdown = True
-    result = run(suite, fleet, "-m", "patch", "--limit", "pihole,!pihole-backup", "--hard-stop-fallback")
+    result = run(
+        suite, fleet, "-m", "patch", "--limit", "pihole,!pihole-backup", "--hard-stop-fallback"
+    )
     assert result.parseoutcomes().get("failed", 0) == 0
     assert any(c.startswith("qm stop 102") for h, c in fleet.commands)
     assert fleet.vms["pihole"].pid == 1001
@@ -177,8 +189,10 @@ def test_ssh_not_back_fails_only_that_vm(suite, fleet):
 @pytest.mark.parametrize(
     "inventory, message",
     [
-        ("all:\n  children:\n    ubuntu_vms:\n      hosts:\n        pbs: {proxmox_host: pve}\n    proxmox:\n      hosts:\n        pve:\n",
-         "*inventory.yaml: host 'pbs': 'vmid' is missing*"),
+        (
+            "all:\n  children:\n    ubuntu_vms:\n      hosts:\n        pbs: {proxmox_host: pve}\n    proxmox:\n      hosts:\n        pve:\n",
+            "*inventory.yaml: host 'pbs': 'vmid' is missing*",
+        ),
         ("all: [unclosed\n", "*inventory.yaml: YAML syntax error at line*"),
     ],
 )

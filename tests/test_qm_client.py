@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import pytest
-
 from pvepatch.errors import QmError
 from pvepatch.qm import (
-    Qm, RunStatus, agent_enabled, net_macs, parse_agent_option, parse_agent_output,
-    parse_key_values, parse_qm_status,
+    Qm,
+    RunStatus,
+    agent_enabled,
+    net_macs,
+    parse_agent_option,
+    parse_agent_output,
+    parse_key_values,
+    parse_qm_status,
 )
 from pvepatch.transport import CommandResult
 
@@ -33,7 +38,9 @@ def test_status_line():
 def test_status_verbose():
     status = RunStatus.parse(VERBOSE)
     assert status == RunStatus("running", 12345, 77, "backup")
-    assert RunStatus.parse("name: pbs\nstatus: stopped\nvmid: 101\n") == RunStatus("stopped", None, None, None)
+    assert RunStatus.parse("name: pbs\nstatus: stopped\nvmid: 101\n") == RunStatus(
+        "stopped", None, None, None
+    )
 
 
 def test_config_agent_lock_and_macs():
@@ -46,10 +53,17 @@ def test_config_agent_lock_and_macs():
     assert net_macs(config) == {"bc:24:11:00:01:01", "bc:24:11:00:01:02"}
 
 
-@pytest.mark.parametrize("value, enabled", [
-    ("1", True), ("0", False), ("1,freeze-fs=1", True), ("enabled=1,freeze-fs-on-backup=0", True),
-    ("enabled=0", False), (None, False),
-])
+@pytest.mark.parametrize(
+    "value, enabled",
+    [
+        ("1", True),
+        ("0", False),
+        ("1,freeze-fs=1", True),
+        ("enabled=1,freeze-fs-on-backup=0", True),
+        ("enabled=0", False),
+        (None, False),
+    ],
+)
 def test_agent_property_string(value, enabled):
     assert agent_enabled({"agent": value} if value else {}) is enabled
     assert parse_agent_option(value)["enabled"] in {"0", "1"}
@@ -60,7 +74,9 @@ def test_agent_output():
     assert parse_agent_output(OSINFO)["pretty-name"] == "Debian GNU/Linux 12 (bookworm)"
     assert parse_agent_output("thawed\n") == "thawed"
     with pytest.raises(ValueError, match="guest agent error"):
-        parse_agent_output('{\n   "error" : {\n      "class" : "GenericError",\n      "desc" : "x"\n   }\n}\n')
+        parse_agent_output(
+            '{\n   "error" : {\n      "class" : "GenericError",\n      "desc" : "x"\n   }\n}\n'
+        )
 
 
 class Recorder:
@@ -110,7 +126,9 @@ def test_missing_vm_error_names_the_qm_text():
     t = Recorder((2, "", "Configuration file 'nodes/pve/qemu-server/999.conf' does not exist\n"))
     with pytest.raises(QmError) as excinfo:
         Qm(t, 999).status()
-    assert "Configuration file 'nodes/pve/qemu-server/999.conf' does not exist" in str(excinfo.value)
+    assert "Configuration file 'nodes/pve/qemu-server/999.conf' does not exist" in str(
+        excinfo.value
+    )
     assert excinfo.value.vmid == 999 and excinfo.value.result.rc == 2
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import paramiko
 import pytest
-
 from pvepatch.errors import CommandTimeout, HostKeyError
 from pvepatch.inventory import SSHSpec
 from pvepatch.ssh import SSHTransport
@@ -117,7 +116,11 @@ def test_known_key_connects_and_runs(sshd, keys, tmp_path):
     kh.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n")
     t = transport(sshd, keys, kh)
     result = t.run("echo %s", "hello world")
-    assert (result.rc, result.stdout, result.command) == (0, "'hello world'\n", "echo 'hello world'")
+    assert (result.rc, result.stdout, result.command) == (
+        0,
+        "'hello world'\n",
+        "echo 'hello world'",
+    )
     assert t.run("false").rc == 1
     t.close()
 

@@ -1,7 +1,6 @@
 """Stage 1, preflight (read-only): the VM is reachable, bound right, and fit to be patched."""
 
 import pytest
-
 from pvepatch.qm import net_macs
 
 pytestmark = [pytest.mark.stage("preflight"), pytest.mark.verify, pytest.mark.patch]
@@ -60,12 +59,16 @@ def test_vm_not_locked(cycle, target, options, patch_run):
 
 def test_free_space_on_root(cycle, options):
     free = cycle.guest().free_mb("/")
-    assert free >= options.min_free_root_mb, f"only {free} MB free on /, need {options.min_free_root_mb}"
+    assert free >= options.min_free_root_mb, (
+        f"only {free} MB free on /, need {options.min_free_root_mb}"
+    )
 
 
 def test_free_space_on_boot(cycle, options):
     free = cycle.guest().free_mb("/boot")
-    assert free >= options.min_free_boot_mb, f"only {free} MB free on /boot, need {options.min_free_boot_mb}"
+    assert free >= options.min_free_boot_mb, (
+        f"only {free} MB free on /boot, need {options.min_free_boot_mb}"
+    )
 
 
 def test_dpkg_audit_clean(cycle):

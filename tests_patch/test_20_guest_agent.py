@@ -24,7 +24,9 @@ def test_agent_enabled_in_vm_config(agent, cycle):
 
 def test_virtio_port_present(agent, cycle):
     if agent.deferred_to_restart:
-        pytest.skip("agent enabled in the VM config by this run: the port appears after the restart")
+        pytest.skip(
+            "agent enabled in the VM config by this run: the port appears after the restart"
+        )
     assert cycle.guest().virtio_port_is_chardev()
 
 

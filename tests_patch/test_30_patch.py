@@ -31,7 +31,11 @@ def test_nothing_left_to_upgrade(upgrade, cycle):
 
 def test_upgraded_versions_installed(upgrade, cycle):
     installed = cycle.apt().installed()
-    wrong = {c.name: (c.new, installed.get(c.name)) for c in upgrade.changes if installed.get(c.name) != c.new}
+    wrong = {
+        c.name: (c.new, installed.get(c.name))
+        for c in upgrade.changes
+        if installed.get(c.name) != c.new
+    }
     assert not wrong, f"recorded versions differ from the guest's: {wrong}"
 
 

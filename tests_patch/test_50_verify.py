@@ -3,7 +3,6 @@
 import time
 
 import pytest
-
 from pvepatch import dns
 from pvepatch.qm import AGENT_PORT
 
@@ -15,7 +14,9 @@ def test_ssh_answers(cycle):
 
 
 def test_virtio_port_is_character_device(cycle):
-    assert cycle.guest().virtio_port_is_chardev(), f"{AGENT_PORT} is missing or not a character device"
+    assert cycle.guest().virtio_port_is_chardev(), (
+        f"{AGENT_PORT} is missing or not a character device"
+    )
 
 
 def test_guest_agent_service_active(cycle):

@@ -87,7 +87,9 @@ class AptRun:
 class Apt:
     """apt-get in one guest, over a Transport."""
 
-    def __init__(self, transport: Transport, lock_timeout: int = 600, command_timeout: float = 1800):
+    def __init__(
+        self, transport: Transport, lock_timeout: int = 600, command_timeout: float = 1800
+    ):
         self.transport = transport
         self.lock_timeout = lock_timeout
         self.command_timeout = command_timeout
@@ -106,7 +108,8 @@ class Apt:
         while True:
             result = self.transport.run(
                 apt_command("update", lock_timeout=self.lock_timeout),
-                timeout=self.command_timeout, mutating=True,
+                timeout=self.command_timeout,
+                mutating=True,
             )
             locked = any(m in result.stderr for m in LOCK_MESSAGES)
             if result.ok or not locked or time.monotonic() > deadline:
@@ -117,20 +120,23 @@ class Apt:
     def dist_upgrade(self) -> CommandResult:
         return self.transport.run(
             apt_command("dist-upgrade", lock_timeout=self.lock_timeout),
-            timeout=self.command_timeout, mutating=True,
+            timeout=self.command_timeout,
+            mutating=True,
         ).check("apt-get dist-upgrade failed")
 
     def autoremove(self) -> CommandResult:
         return self.transport.run(
             apt_command("autoremove", lock_timeout=self.lock_timeout),
-            timeout=self.command_timeout, mutating=True,
+            timeout=self.command_timeout,
+            mutating=True,
         ).check("apt-get autoremove failed")
 
     def install(self, *packages: str) -> CommandResult:
         names = " ".join(_package_name(p) for p in packages)
         return self.transport.run(
             apt_command("install", names, lock_timeout=self.lock_timeout),
-            timeout=self.command_timeout, mutating=True,
+            timeout=self.command_timeout,
+            mutating=True,
         ).check(f"apt-get install {names} failed")
 
     def pending_upgrades(self) -> list[str]:
@@ -138,7 +144,9 @@ class Apt:
         result = self.transport.run(
             "apt-get -s -o Debug::NoLocking=1 dist-upgrade", timeout=300
         ).check("apt-get -s dist-upgrade failed")
-        return sorted({line.split()[1] for line in result.stdout.splitlines() if line.startswith("Inst ")})
+        return sorted(
+            {line.split()[1] for line in result.stdout.splitlines() if line.startswith("Inst ")}
+        )
 
 
 def _package_name(name: str) -> str:

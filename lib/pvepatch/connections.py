@@ -20,7 +20,9 @@ class RecordingTransport:
         self.sink = sink
         self.host = inner.host
 
-    def run(self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False) -> CommandResult:
+    def run(
+        self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False
+    ) -> CommandResult:
         result = self.inner.run(quote(command, *args), timeout=timeout, mutating=mutating)
         self.sink.append(result)
         return result
@@ -29,7 +31,9 @@ class RecordingTransport:
         self.inner.close()
 
 
-def ssh_factory(known_hosts: Sequence[Path], accept_new: bool, connect_timeout: float) -> TransportFactory:
+def ssh_factory(
+    known_hosts: Sequence[Path], accept_new: bool, connect_timeout: float
+) -> TransportFactory:
     """Build paramiko transports (imported here so unit tests with fakes never need it)."""
     from pvepatch.ssh import SSHTransport
 

@@ -63,7 +63,9 @@ class VMCycle:
         return Guest(self.guest_transport())
 
     def qm(self) -> Qm:
-        transport = RecordingTransport(self.connections.proxmox(self.target), self.record.qm_commands)
+        transport = RecordingTransport(
+            self.connections.proxmox(self.target), self.record.qm_commands
+        )
         return Qm(transport, self.target.vmid)
 
     def apt(self) -> Apt:
@@ -84,11 +86,16 @@ class VMCycle:
             qm.set_agent(True)
             outcome.enabled_by_run = True
             return outcome
-        wait_for(f"{AGENT_PORT} in {self.target.name}", guest.virtio_port_is_chardev, timeout=60, interval=3)
+        wait_for(
+            f"{AGENT_PORT} in {self.target.name}",
+            guest.virtio_port_is_chardev,
+            timeout=60,
+            interval=3,
+        )
         if not guest.host.service(AGENT_SERVICE).is_running:
-            guest.transport.run("systemctl start %s", AGENT_SERVICE, timeout=120, mutating=True).check(
-                "cannot start the guest agent"
-            )
+            guest.transport.run(
+                "systemctl start %s", AGENT_SERVICE, timeout=120, mutating=True
+            ).check("cannot start the guest agent")
             outcome.started_by_run = True
         return outcome
 
@@ -169,11 +176,17 @@ class VMCycle:
                     return False
                 outcome.hard_stop = qm.stop(opts.stop_timeout, skiplock=opts.skiplock)
         if outcome.hard_stop is not None and not outcome.hard_stop.ok:
-            outcome.errors["stop"] = f"qm stop failed ({_why(outcome.hard_stop)}); status: {self._status(qm)}"
+            outcome.errors["stop"] = (
+                f"qm stop failed ({_why(outcome.hard_stop)}); status: {self._status(qm)}"
+            )
             return False
         try:
-            wait_for(f"VM {self.target.vmid} to be stopped", lambda: self._status(qm) == "stopped",
-                     timeout=60, interval=2)
+            wait_for(
+                f"VM {self.target.vmid} to be stopped",
+                lambda: self._status(qm) == "stopped",
+                timeout=60,
+                interval=2,
+            )
         except PvepatchError as exc:
             outcome.errors["stopped"] = str(exc)
             return False
@@ -195,8 +208,18 @@ class VMCycle:
 
         steps = (
             ("ssh_back", f"SSH to {self.target.name} with a new boot_id", ssh_with_new_boot, 5.0),
-            ("port_back", f"{AGENT_PORT} in {self.target.name}", lambda: self.guest().virtio_port_is_chardev(), 2.0),
-            ("agent_back", f"qm guest cmd {self.target.vmid} ping", lambda: qm.agent_ping().ok, 3.0),
+            (
+                "port_back",
+                f"{AGENT_PORT} in {self.target.name}",
+                lambda: self.guest().virtio_port_is_chardev(),
+                2.0,
+            ),
+            (
+                "agent_back",
+                f"qm guest cmd {self.target.vmid} ping",
+                lambda: qm.agent_ping().ok,
+                3.0,
+            ),
         )
         for name, what, probe, interval in steps:
             try:
@@ -222,7 +245,9 @@ class VMCycle:
             return
         try:
             result = qm.start(skiplock=self.options.skiplock)
-            outcome.errors["interrupted"] = f"run interrupted; VM started again (qm start rc={result.rc})"
+            outcome.errors["interrupted"] = (
+                f"run interrupted; VM started again (qm start rc={result.rc})"
+            )
         except (PvepatchError, TransportError) as exc:
             outcome.errors["interrupted"] = f"run interrupted; starting the VM again failed: {exc}"
 
@@ -230,7 +255,9 @@ class VMCycle:
         if self.target.name in self.fleet.down and self._status(qm) == "running":
             self.fleet.down.pop(self.target.name, None)
         elif self.target.name in self.fleet.down:
-            self.fleet.down[self.target.name] = f"LEFT STOPPED by this run (status: {self._status(qm)})"
+            self.fleet.down[self.target.name] = (
+                f"LEFT STOPPED by this run (status: {self._status(qm)})"
+            )
 
 
 def _why(result: object) -> str:

@@ -44,7 +44,9 @@ def query(server: str, port: int, name: str, timeout: float = 5.0) -> Answer:
     try:
         response, _ = dns.query.udp_with_fallback(request, server, timeout=timeout, port=port)
     except (dns.exception.DNSException, OSError) as exc:
-        raise TransportError(f"{server}:{port}", f"DNS query for {name} got no answer: {exc}") from exc
+        raise TransportError(
+            f"{server}:{port}", f"DNS query for {name} got no answer: {exc}"
+        ) from exc
     addresses = tuple(
         item.address
         for rrset in response.answer

@@ -113,8 +113,9 @@ class _Tree:
         unknown = set(body) - {"hosts", "vars", "children"}
         if unknown:
             raise InventoryError(
-                self.path, f"group '{name}': unknown key(s) {sorted(unknown)} "
-                "(expected hosts, vars, children)"
+                self.path,
+                f"group '{name}': unknown key(s) {sorted(unknown)} "
+                "(expected hosts, vars, children)",
             )
         for host, hvars in (body.get("hosts") or {}).items():
             if hvars is not None and not isinstance(hvars, dict):
@@ -194,7 +195,7 @@ class _Fields:
     def error(self, field_name: str, message: str) -> InventoryError:
         return InventoryError(self.path, message, host=self.host, field=field_name)
 
-    def str(self, name: str, default: str | None = None) -> str:
+    def text(self, name: str, default: str | None = None) -> str:
         value = self.vars.get(name, default)
         if value is None:
             raise self.error(name, "is missing")
@@ -202,7 +203,7 @@ class _Fields:
             raise self.error(name, f"must be a non-empty string, got {value!r}")
         return str(value)
 
-    def int(self, name: str, default: int | None = None, lo: int = 1, hi: int = 65535) -> int:
+    def integer(self, name: str, default: int | None = None, lo: int = 1, hi: int = 65535) -> int:
         value = self.vars.get(name, default)
         if value is None:
             raise self.error(name, "is missing")
@@ -215,7 +216,7 @@ class _Fields:
             raise self.error(name, f"must be between {lo} and {hi}, got {number}")
         return number
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def boolean(self, name: str, default: bool = False) -> bool:
         value = self.vars.get(name, default)
         if isinstance(value, bool):
             return value
@@ -247,30 +248,30 @@ def _ssh_spec(f: _Fields, base_dir: Path) -> SSHSpec:
     key = f.vars.get("ansible_ssh_private_key_file")
     key_path = None
     if key is not None:
-        key_path = Path(f.str("ansible_ssh_private_key_file")).expanduser()
+        key_path = Path(f.text("ansible_ssh_private_key_file")).expanduser()
         if not key_path.is_absolute():
             key_path = base_dir / key_path
         if not key_path.is_file():
             raise f.error("ansible_ssh_private_key_file", f"file not found: {key_path}")
     return SSHSpec(
-        address=f.str("ansible_host", default=f.host),
-        port=f.int("ansible_port", default=22),
-        user=f.str("ansible_user", default="root"),
+        address=f.text("ansible_host", default=f.host),
+        port=f.integer("ansible_port", default=22),
+        user=f.text("ansible_user", default="root"),
         key_file=key_path,
-        become=f.bool("ansible_become", default=False),
+        become=f.boolean("ansible_become", default=False),
         known_hosts_files=_known_hosts_from_args(f),
     )
 
 
 def _pihole_spec(f: _Fields, ssh: SSHSpec, groups: set[str]) -> PiholeSpec | None:
-    if PIHOLE_GROUP not in groups and not f.bool("pihole", default=False):
+    if PIHOLE_GROUP not in groups and not f.boolean("pihole", default=False):
         return None
     return PiholeSpec(
-        server=f.str("pihole_dns_server", default=ssh.address),
-        port=f.int("pihole_dns_port", default=53),
-        resolve_name=f.str("pihole_resolve_name"),
-        blocked_name=f.str("pihole_blocked_name"),
-        service=f.str("pihole_service", default="pihole-FTL"),
+        server=f.text("pihole_dns_server", default=ssh.address),
+        port=f.integer("pihole_dns_port", default=53),
+        resolve_name=f.text("pihole_resolve_name"),
+        blocked_name=f.text("pihole_blocked_name"),
+        service=f.text("pihole_service", default="pihole-FTL"),
     )
 
 
@@ -333,10 +334,12 @@ def load_inventory(
         f = _Fields(label, name, tree.host_vars(name, depth))
         if "vmid" not in f.vars:
             raise f.error("vmid", "is missing: every target VM must define vmid and proxmox_host")
-        vmid = f.int("vmid", lo=VMID_MIN, hi=VMID_MAX)
-        pve_name = f.str("proxmox_host")
+        vmid = f.integer("vmid", lo=VMID_MIN, hi=VMID_MAX)
+        pve_name = f.text("proxmox_host")
         if pve_name not in tree.hosts():
-            raise f.error("proxmox_host", f"names '{pve_name}', which is not a host of the inventory")
+            raise f.error(
+                "proxmox_host", f"names '{pve_name}', which is not a host of the inventory"
+            )
         if pve_name in all_targets:
             raise f.error("proxmox_host", f"names '{pve_name}', which is itself a target VM")
         key = (pve_name, vmid)
@@ -353,7 +356,9 @@ def load_inventory(
         groups = tree.groups_of(name)
         ssh = _ssh_spec(f, base_dir)
         targets.append(
-            Target(name, vmid, proxmox[pve_name], ssh, frozenset(groups), _pihole_spec(f, ssh, groups))
+            Target(
+                name, vmid, proxmox[pve_name], ssh, frozenset(groups), _pihole_spec(f, ssh, groups)
+            )
         )
     return Inventory(path, tuple(targets), proxmox)
 

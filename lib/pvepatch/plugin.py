@@ -66,30 +66,88 @@ FACTORY_KEY = pytest.StashKey[TransportFactory]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pvepatch", "pvepatch: patch and verify Proxmox VMs")
-    group.addoption("--inventory", default=None, metavar="PATH",
-                    help="Ansible YAML inventory (default: inventory.yaml in the rootdir)")
-    group.addoption("--group", default=DEFAULT_GROUP, help="inventory group of the target VMs (default: %(default)s)")
-    group.addoption("--limit", default=None, metavar="PATTERN",
-                    help="only these hosts or groups, comma-separated, '!name' excludes (as Ansible's --limit)")
-    group.addoption("--known-hosts", action="append", default=[], metavar="FILE",
-                    help="extra known_hosts file (also read: ~/.ssh/known_hosts and UserKnownHostsFile in the inventory)")
-    group.addoption("--accept-new-host-keys", action="store_true",
-                    help="record unknown SSH host keys (like OpenSSH accept-new); a changed key is never accepted")
-    group.addoption("--restart-method", choices=["shutdown", "stop"], default="shutdown",
-                    help="shutdown: clean 'qm shutdown' then 'qm start' (default); stop: the old playbook's "
-                         "hard 'qm stop' then 'qm start' (power-off: see README)")
-    group.addoption("--hard-stop-fallback", action="store_true",
-                    help="when the clean shutdown times out, power the VM off with 'qm stop' (default: fail and leave it running)")
-    group.addoption("--skiplock", action="store_true",
-                    help="restart VMs even when Proxmox holds a lock on them (backup, snapshot, migrate): dangerous")
-    group.addoption("--shutdown-timeout", type=int, default=180, help="seconds for the clean shutdown (default: %(default)s)")
-    group.addoption("--boot-timeout", type=float, default=600.0,
-                    help="seconds for SSH, the virtio port and the agent to come back after the start (default: %(default)s)")
-    group.addoption("--restart-pause", type=float, default=5.0, help="seconds between stopped and start (default: %(default)s)")
-    group.addoption("--ssh-timeout", type=float, default=15.0, help="SSH connect timeout in seconds (default: %(default)s)")
-    group.addoption("--apt-lock-timeout", type=int, default=600,
-                    help="seconds to wait for another apt/dpkg to release its lock (default: %(default)s)")
-    group.addoption("--min-free-mb", type=int, default=500, help="free MB required on / before patching (default: %(default)s)")
+    group.addoption(
+        "--inventory",
+        default=None,
+        metavar="PATH",
+        help="Ansible YAML inventory (default: inventory.yaml in the rootdir)",
+    )
+    group.addoption(
+        "--group",
+        default=DEFAULT_GROUP,
+        help="inventory group of the target VMs (default: %(default)s)",
+    )
+    group.addoption(
+        "--limit",
+        default=None,
+        metavar="PATTERN",
+        help="only these hosts or groups, comma-separated, '!name' excludes (as Ansible's --limit)",
+    )
+    group.addoption(
+        "--known-hosts",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra known_hosts file (also read: ~/.ssh/known_hosts and UserKnownHostsFile in the inventory)",
+    )
+    group.addoption(
+        "--accept-new-host-keys",
+        action="store_true",
+        help="record unknown SSH host keys (like OpenSSH accept-new); a changed key is never accepted",
+    )
+    group.addoption(
+        "--restart-method",
+        choices=["shutdown", "stop"],
+        default="shutdown",
+        help="shutdown: clean 'qm shutdown' then 'qm start' (default); stop: the old playbook's "
+        "hard 'qm stop' then 'qm start' (power-off: see README)",
+    )
+    group.addoption(
+        "--hard-stop-fallback",
+        action="store_true",
+        help="when the clean shutdown times out, power the VM off with 'qm stop' (default: fail and leave it running)",
+    )
+    group.addoption(
+        "--skiplock",
+        action="store_true",
+        help="restart VMs even when Proxmox holds a lock on them (backup, snapshot, migrate): dangerous",
+    )
+    group.addoption(
+        "--shutdown-timeout",
+        type=int,
+        default=180,
+        help="seconds for the clean shutdown (default: %(default)s)",
+    )
+    group.addoption(
+        "--boot-timeout",
+        type=float,
+        default=600.0,
+        help="seconds for SSH, the virtio port and the agent to come back after the start (default: %(default)s)",
+    )
+    group.addoption(
+        "--restart-pause",
+        type=float,
+        default=5.0,
+        help="seconds between stopped and start (default: %(default)s)",
+    )
+    group.addoption(
+        "--ssh-timeout",
+        type=float,
+        default=15.0,
+        help="SSH connect timeout in seconds (default: %(default)s)",
+    )
+    group.addoption(
+        "--apt-lock-timeout",
+        type=int,
+        default=600,
+        help="seconds to wait for another apt/dpkg to release its lock (default: %(default)s)",
+    )
+    group.addoption(
+        "--min-free-mb",
+        type=int,
+        default=500,
+        help="free MB required on / before patching (default: %(default)s)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -143,7 +201,9 @@ def _check_options(config: pytest.Config) -> None:
     if config.getoption("restart_pause") < 0:
         raise pytest.UsageError("pvepatch: --restart-pause must not be negative")
     if config.getoption("hard_stop_fallback") and config.getoption("restart_method") == "stop":
-        raise pytest.UsageError("pvepatch: --hard-stop-fallback only applies to --restart-method shutdown")
+        raise pytest.UsageError(
+            "pvepatch: --hard-stop-fallback only applies to --restart-method shutdown"
+        )
 
 
 def _default_report_path(config: pytest.Config) -> None:
@@ -176,7 +236,9 @@ def stage_of(item: pytest.Item) -> tuple[str, int, bool] | None:
         return None
     name = marker.args[0]
     if name not in STAGES:
-        raise pytest.UsageError(f"{item.nodeid}: unknown stage {name!r} (known: {', '.join(STAGES)})")
+        raise pytest.UsageError(
+            f"{item.nodeid}: unknown stage {name!r} (known: {', '.join(STAGES)})"
+        )
     order, mutating = STAGES[name]
     if mutating and item.get_closest_marker("verify"):
         raise pytest.UsageError(f"{item.nodeid}: mutating stage {name!r} must not be marked verify")
@@ -193,11 +255,20 @@ def patch_selected(markexpr: str) -> bool:
     if not markexpr:
         return False
     expr = Expression.compile(markexpr)
-    return expr.evaluate(lambda name: name == "patch") and not expr.evaluate(lambda name: False)
+
+    def only(*marks: str) -> Any:
+        def matcher(name: str, **kwargs: Any) -> bool:
+            return name in marks
+
+        return matcher
+
+    return expr.evaluate(only("patch")) and not expr.evaluate(only())
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is None:
         return
@@ -205,7 +276,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     keep, dropped = [], []
     for item in items:
         stage = stage_of(item)
-        if "target" in getattr(item, "fixturenames", ()) and not isinstance(_target_of(item), Target):
+        if "target" in getattr(item, "fixturenames", ()) and not isinstance(
+            _target_of(item), Target
+        ):
             continue  # a per-VM test with no VM to run on (e.g. Pi-hole checks, no Pi-hole)
         if stage and stage[2] and not allow:
             dropped.append(item)
@@ -246,7 +319,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
-    mode = "PATCH (mutating stages selected)" if run.guard.allow_mutating else "VERIFY (read-only: mutating commands are refused)"
+    mode = (
+        "PATCH (mutating stages selected)"
+        if run.guard.allow_mutating
+        else "VERIFY (read-only: mutating commands are refused)"
+    )
     reporter.write_line(f"pvepatch: mode {mode}")
     if run.deselected_mutating:
         reporter.write_line(
@@ -279,7 +356,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     record = run.record(target)
     if record.failed is None:
         reason = _one_line(call.excinfo.value) if call.excinfo else "failed"
-        record.failed = f"{stage[0]}: {item.originalname}: {reason}"
+        record.failed = f"{stage[0]}: {getattr(item, 'originalname', item.name)}: {reason}"
         record.failed_stage = stage[1]
     return report
 
@@ -362,5 +439,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             verdict = "ok"
         tr.write_line(f"  {target}: {verdict}")
     for name, why in run.fleet.down.items():
-        tr.write_line(f"!!! VM {name} IS NOT RUNNING: {why}. Start it: qm start {run.inventory.target(name).vmid}",
-                      red=True, bold=True)
+        tr.write_line(
+            f"!!! VM {name} IS NOT RUNNING: {why}. Start it: qm start {run.inventory.target(name).vmid}",
+            red=True,
+            bold=True,
+        )

@@ -98,7 +98,9 @@ class RunStatus:
         def number(key: str) -> int | None:
             return int(kv[key]) if kv.get(key, "").isdigit() else None
 
-        return cls(kv.get("qmpstatus") or kv["status"], number("pid"), number("uptime"), kv.get("lock"))
+        return cls(
+            kv.get("qmpstatus") or kv["status"], number("pid"), number("uptime"), kv.get("lock")
+        )
 
 
 class Qm:
@@ -110,11 +112,19 @@ class Qm:
         self.transport = transport
         self.vmid = vmid
 
-    def _run(self, command: str, *args: object, timeout: float = 30.0, mutating: bool = False,
-             check: bool = True) -> CommandResult:
+    def _run(
+        self,
+        command: str,
+        *args: object,
+        timeout: float = 30.0,
+        mutating: bool = False,
+        check: bool = True,
+    ) -> CommandResult:
         result = self.transport.run(command, *args, timeout=timeout, mutating=mutating)
         if check and not result.ok:
-            raise QmError(result, self.vmid, f"qm failed for VM {self.vmid}: {_first_line(result.stderr)}")
+            raise QmError(
+                result, self.vmid, f"qm failed for VM {self.vmid}: {_first_line(result.stderr)}"
+            )
         return result
 
     def _parsed(self, result: CommandResult, parser: Any) -> Any:
@@ -139,8 +149,16 @@ class Qm:
 
     def agent(self, command: str, check: bool = True) -> CommandResult:
         """`qm guest cmd <vmid> <command>` (read-only commands only)."""
-        if command not in {"ping", "get-host-name", "get-osinfo", "info", "network-get-interfaces",
-                           "get-time", "get-fsinfo", "fsfreeze-status"}:
+        if command not in {
+            "ping",
+            "get-host-name",
+            "get-osinfo",
+            "info",
+            "network-get-interfaces",
+            "get-time",
+            "get-fsinfo",
+            "fsfreeze-status",
+        }:
             raise ValueError(f"not a read-only guest agent command: {command}")
         return self._run("qm guest cmd %s %s", self.vmid, command, timeout=30.0, check=check)
 
@@ -150,24 +168,42 @@ class Qm:
     def agent_host_name(self) -> str:
         data = self._parsed(self.agent("get-host-name"), parse_agent_output)
         if not isinstance(data, dict) or "host-name" not in data:
-            raise QmError(self.agent("get-host-name", check=False), self.vmid, "no host-name in agent reply")
+            raise QmError(
+                self.agent("get-host-name", check=False), self.vmid, "no host-name in agent reply"
+            )
         return str(data["host-name"])
 
     # --- mutating --------------------------------------------------------------------------
     def set_agent(self, enabled: bool = True) -> CommandResult:
-        return self._run("qm set %s --agent %s", self.vmid, f"enabled={int(enabled)}", mutating=True)
+        return self._run(
+            "qm set %s --agent %s", self.vmid, f"enabled={int(enabled)}", mutating=True
+        )
 
-    def shutdown(self, timeout: int, skiplock: bool = False, force_stop: bool = False) -> CommandResult:
+    def shutdown(
+        self, timeout: int, skiplock: bool = False, force_stop: bool = False
+    ) -> CommandResult:
         """Clean shutdown through the agent (or ACPI); returns the result, never raises on rc."""
         command = "qm shutdown %s --timeout %s" + (" --skiplock 1" if skiplock else "")
         command += " --forceStop 1" if force_stop else ""
-        return self._run(command, self.vmid, int(timeout), timeout=timeout + TASK_SLACK,
-                         mutating=True, check=False)
+        return self._run(
+            command,
+            self.vmid,
+            int(timeout),
+            timeout=timeout + TASK_SLACK,
+            mutating=True,
+            check=False,
+        )
 
     def stop(self, timeout: int = 60, skiplock: bool = False) -> CommandResult:
         command = "qm stop %s --timeout %s" + (" --skiplock 1" if skiplock else "")
-        return self._run(command, self.vmid, int(timeout), timeout=timeout + TASK_SLACK + 20,
-                         mutating=True, check=False)
+        return self._run(
+            command,
+            self.vmid,
+            int(timeout),
+            timeout=timeout + TASK_SLACK + 20,
+            mutating=True,
+            check=False,
+        )
 
     def start(self, skiplock: bool = False) -> CommandResult:
         command = "qm start %s" + (" --skiplock 1" if skiplock else "")

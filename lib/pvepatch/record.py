@@ -63,9 +63,14 @@ class RestartOutcome:
         return next(iter(self.errors.values()), "an earlier restart step did not complete")
 
     def ok(self, step: str) -> bool:
-        return {"allowed": self.refused is None, "stopped": self.stopped, "started": self.started,
-                "ssh_back": self.ssh_back, "port_back": self.port_back,
-                "agent_back": self.agent_back}[step]
+        return {
+            "allowed": self.refused is None,
+            "stopped": self.stopped,
+            "started": self.started,
+            "ssh_back": self.ssh_back,
+            "port_back": self.port_back,
+            "agent_back": self.agent_back,
+        }[step]
 
     def not_reached(self, step: str) -> str | None:
         """Why `step` was never attempted (an earlier step failed), or None."""

@@ -5,7 +5,6 @@ This is the one module that imports paramiko.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,9 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
     def __init__(self, files: Sequence[Path]):
         self.files = files
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         where = ", ".join(str(f) for f in self.files) or "no known_hosts file"
         raise HostKeyError(
             hostname,
@@ -44,7 +45,9 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
     def __init__(self, save_to: Path):
         self.save_to = save_to
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         self.save_to.parent.mkdir(parents=True, exist_ok=True)
         with self.save_to.open("a") as fh:
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
@@ -107,7 +110,9 @@ class SSHTransport:
             ) from exc
         except paramiko.AuthenticationException as exc:
             client.close()
-            raise TransportError(self.host, f"SSH authentication failed as {self.spec}: {exc}") from exc
+            raise TransportError(
+                self.host, f"SSH authentication failed as {self.spec}: {exc}"
+            ) from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
             client.close()
             raise TransportError(self.host, f"SSH connection to {self.spec} failed: {exc}") from exc
@@ -140,10 +145,10 @@ class SSHTransport:
             raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
-            raise TransportError(self.host, f"SSH connection lost while running {text!r}: {exc}") from exc
-        return CommandResult(
-            self.host, text, rc, out, err, time.monotonic() - started, mutating
-        )
+            raise TransportError(
+                self.host, f"SSH connection lost while running {text!r}: {exc}"
+            ) from exc
+        return CommandResult(self.host, text, rc, out, err, time.monotonic() - started, mutating)
 
     def _drain(
         self, channel: paramiko.Channel, text: str, deadline: float, timeout: float
@@ -154,14 +159,18 @@ class SSHTransport:
                 out += channel.recv(65536)
             while channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
-            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            if (
+                channel.exit_status_ready()
+                and not channel.recv_ready()
+                and not channel.recv_stderr_ready()
+            ):
                 break
             if time.monotonic() > deadline:
                 channel.close()
                 raise CommandTimeout(self.host, text, timeout)
             try:
                 chunk = channel.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if chunk:
                 out += chunk

@@ -1,0 +1,59 @@
+"""Run pvepatch (pytest on tests_patch/) as a user would, and read what it did."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class PvepatchRun:
+    rc: int
+    output: str
+    outcomes: dict[str, str]  # "test_vm_shut_down[pihole]" -> passed/failed/skipped/error
+    messages: dict[str, str]
+
+    def of_vm(self, vm: str) -> dict[str, str]:
+        return {k.split("[")[0]: v for k, v in self.outcomes.items() if k.endswith(f"[{vm}]")}
+
+    def failed(self, vm: str) -> set[str]:
+        return {k for k, v in self.of_vm(vm).items() if v in {"failed", "error"}}
+
+    def message(self, test: str, vm: str) -> str:
+        return self.messages.get(f"{test}[{vm}]", "")
+
+
+def run_pvepatch(inventory: Path, *args: str, workdir: Path, timeout: float = 1800) -> PvepatchRun:
+    junit = workdir / f"junit-{len(list(workdir.glob('junit-*.xml')))}.xml"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--inventory",
+        str(inventory),
+        f"--junitxml={junit}",
+        "-p",
+        "no:cacheprovider",
+        "-rfEs",
+        *args,
+    ]
+    proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    print(output[-20000:])
+    outcomes: dict[str, str] = {}
+    messages: dict[str, str] = {}
+    if junit.exists():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            name = case.get("name", "")
+            outcome = "passed"
+            for child in case:
+                if child.tag in {"failure", "error", "skipped"}:
+                    outcome = {"failure": "failed"}.get(child.tag, child.tag)
+                    messages[name] = (child.get("message") or "") + "\n" + (child.text or "")
+            outcomes[name] = outcome
+    return PvepatchRun(proc.returncode, output, outcomes, messages)

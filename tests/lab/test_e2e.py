@@ -1,0 +1,249 @@
+"""End to end: pvepatch against the lab's real VMs, through a real SSH Proxmox host and its qm.
+
+The tests run in file order and share one lab: each leaves the fleet as the next one expects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from pvelab.fleet import by_name
+from pvelab.lab import Lab
+from pvepatch_runner import PvepatchRun, run_pvepatch
+
+pytestmark = pytest.mark.lab
+
+FLEET = {"pbs": 101, "pihole": 102, "pihole-backup": 103, "ca": 104, "grafana": 105}
+READ_ONLY_QM = {"status", "config", "list", "guest", "agent"}
+MUTATING_QM = {"start", "stop", "shutdown", "reboot", "set", "unlock"}
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+def versions(lab: Lab, vm: str) -> dict[str, str]:
+    rc, out, err = lab.guest_run(vm, "dpkg-query -W -f '${Package} ${Version}\\n'")
+    assert rc == 0, err
+    return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+
+def boot_id(lab: Lab, vm: str) -> str:
+    rc, out, err = lab.guest_run(vm, "cat /proc/sys/kernel/random/boot_id")
+    assert rc == 0, err
+    return out.strip()
+
+
+def qm_calls(
+    lab: Lab, since: int = 0, verbs: set[str] | None = None, vmid: int | None = None
+) -> list[dict]:
+    calls = lab.qm_log()[since:]
+    if verbs is not None:
+        calls = [c for c in calls if c["argv"] and c["argv"][0] in verbs]
+    if vmid is not None:
+        calls = [c for c in calls if str(vmid) in c["argv"][:3]]
+    return calls
+
+
+def ts(text: str) -> float:
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+def down_windows(calls: list[dict]) -> dict[str, tuple[float, float]]:
+    """Per vmid: from the start of its shutdown/stop to the end of its start."""
+    windows: dict[str, tuple[float, float]] = {}
+    for call in calls:
+        verb, vmid = call["argv"][0], call["argv"][1] if len(call["argv"]) > 1 else ""
+        if verb in {"shutdown", "stop"} and vmid not in windows:
+            windows[vmid] = (ts(call["start"]), float("inf"))
+        elif verb == "start" and vmid in windows:
+            windows[vmid] = (windows[vmid][0], ts(call["end"]))
+    return windows
+
+
+def patch(lab: Lab, workdir: Path, *args: str) -> PvepatchRun:
+    began = time.monotonic()
+    result = run_pvepatch(lab.inventory_path, "-m", "patch", *args, workdir=workdir)
+    TIMINGS[" ".join(("patch", *args))] = time.monotonic() - began
+    return result
+
+
+# --- 1. the healthy fleet ---------------------------------------------------------------------
+
+
+def test_patch_healthy_fleet(lab, workdir):
+    before = {vm: (versions(lab, vm), boot_id(lab, vm)) for vm in FLEET}
+    pids = {vm: lab.qemu_pid(by_name(vm)) for vm in FLEET}
+    mark = len(lab.qm_log())
+
+    result = patch(lab, workdir)
+
+    assert result.rc == 0, result.output[-3000:]
+    for vm in FLEET:
+        outcomes = result.of_vm(vm)
+        assert outcomes and all(v == "passed" for v in outcomes.values()), (vm, outcomes)
+        now = versions(lab, vm)
+        upgraded = {p for p in now if before[vm][0].get(p) not in (None, now[p])}
+        assert {"pvelab-kernel-sim", "pvelab-conffile", "pvelab-motd"} <= upgraded, (vm, upgraded)
+        assert boot_id(lab, vm) != before[vm][1]
+        assert lab.qemu_pid(by_name(vm)) not in (None, pids[vm]), f"{vm}: QEMU process not replaced"
+        rc, out, _ = lab.guest_run(vm, "apt-get -s dist-upgrade | grep -c ^Inst || true")
+        assert out.strip() == "0", f"{vm}: still upgradable"
+    for vm, vmid in FLEET.items():
+        assert len(qm_calls(lab, mark, {"shutdown"}, vmid)) == 1, vm
+        assert len(qm_calls(lab, mark, {"start"}, vmid)) == 1, vm
+        assert not qm_calls(lab, mark, {"stop", "reboot"}, vmid), vm
+    windows = sorted(down_windows(qm_calls(lab, mark)).values())
+    assert len(windows) == len(FLEET)
+    for (_, a_end), (b_start, _) in zip(windows, windows[1:], strict=False):
+        assert a_end < b_start, "two VMs were down at the same time"
+    for vm in ("pihole", "pihole-backup"):
+        assert result.of_vm(vm)["test_dns_resolves"] == "passed"
+        assert result.of_vm(vm)["test_dns_blocks"] == "passed"
+
+
+def test_conffile_kept_and_reboot_recorded(lab):
+    rc, out, _ = lab.guest_run("pbs", "cat /etc/pvelab/conffile.conf; ls /etc/pvelab/")
+    assert rc == 0
+    assert "local" in out.lower(), f"the locally modified conffile was replaced: {out}"
+
+
+def test_verify_after_patch_is_read_only(lab, workdir):
+    before = {vm: (versions(lab, vm), boot_id(lab, vm)) for vm in FLEET}
+    mark = len(lab.qm_log())
+
+    result = run_pvepatch(lab.inventory_path, "-m", "verify", workdir=workdir)
+
+    assert result.rc == 0, result.output[-3000:]
+    assert "mutating commands sent: 0" in result.output
+    new = qm_calls(lab, mark)
+    assert new and {c["argv"][0] for c in new} <= READ_ONLY_QM, {c["argv"][0] for c in new}
+    for vm in FLEET:
+        assert (versions(lab, vm), boot_id(lab, vm)) == before[vm], vm
+        assert "test_dns_resolves" in result.of_vm(vm) or vm not in {"pihole", "pihole-backup"}
+
+
+# --- 2. bad input and wrong bindings -----------------------------------------------------------
+
+
+def edited_inventory(lab: Lab, workdir: Path, name: str, edit) -> Path:
+    data = yaml.safe_load(lab.inventory_path.read_text())
+    edit(data["all"]["children"]["ubuntu_vms"]["hosts"])
+    path = workdir / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_missing_vmid_aborts_before_any_connection(lab, workdir):
+    inventory = edited_inventory(
+        lab, workdir, "no-vmid.yaml", lambda hosts: hosts["pbs"].pop("vmid")
+    )
+    mark = len(lab.qm_log())
+    result = run_pvepatch(inventory, "-m", "patch", workdir=workdir)
+    assert result.rc != 0
+    assert f"{inventory}: host 'pbs': 'vmid' is missing" in result.output
+    assert lab.qm_log()[mark:] == []
+
+
+def test_wrong_binding_is_refused_before_any_restart(lab, workdir):
+    inventory = edited_inventory(
+        lab, workdir, "wrong-vmid.yaml", lambda hosts: hosts["pbs"].update(vmid=105)
+    )
+    mark = len(lab.qm_log())
+    result = run_pvepatch(inventory, "-m", "patch", "--limit", "pbs", workdir=workdir)
+    assert result.rc != 0
+    assert {"test_vmid_binding_by_mac", "test_vmid_binding_by_agent_hostname"} <= result.failed(
+        "pbs"
+    )
+    assert "wrong binding" in result.message("test_vmid_binding_by_mac", "pbs")
+    assert not qm_calls(lab, mark, MUTATING_QM)
+
+
+# --- 3. the seed's failure table, one fault per VM in one run ---------------------------------
+
+
+def test_faults_fail_only_their_vm(lab, workdir):
+    lab.fault("agent-missing", "pbs")
+    lab.fault("dns-down", "pihole")
+    lab.fault("dpkg-lock", "pihole-backup")
+    lab.fault("lock-backup", "ca")
+    lab.fault("sshd-broken", "grafana")
+    mark = len(lab.qm_log())
+
+    result = patch(lab, workdir, "--boot-timeout", "150")
+
+    assert result.rc != 0
+    # agent missing: installed, enabled in the config, and the VM passes
+    assert result.failed("pbs") == set(), result.of_vm("pbs")
+    assert qm_calls(lab, mark, {"set"}, 101)
+    rc, out, _ = lab.guest_run("pbs", "systemctl is-active qemu-guest-agent")
+    assert out.strip() == "active"
+    # DNS down: only the DNS checks of that VM fail
+    assert result.failed("pihole") == {
+        "test_dns_resolves",
+        "test_dns_blocks",
+        "test_dns_service_active",
+    }
+    # dpkg lock held by another process: the patch waits for it and the VM passes; its DNS answers
+    assert result.failed("pihole-backup") == set(), result.of_vm("pihole-backup")
+    # lock: backup: refused, no shutdown on the host
+    assert "test_vm_not_locked" in result.failed("ca")
+    assert not qm_calls(lab, mark, MUTATING_QM, 104)
+    # SSH that does not come back: that VM fails, restarted once, not retried, still running
+    assert "test_ssh_back_with_new_boot" in result.failed("grafana")
+    assert len(qm_calls(lab, mark, {"shutdown"}, 105)) == 1
+    assert len(qm_calls(lab, mark, {"start"}, 105)) == 1
+    assert lab.qm("status", 105).stdout.strip() == "status: running"
+
+
+def test_skiplock_restarts_a_locked_vm(lab, workdir):
+    mark = len(lab.qm_log())
+    result = patch(lab, workdir, "--limit", "ca", "--skiplock")
+    assert result.rc == 0, result.output[-3000:]
+    shutdowns = qm_calls(lab, mark, {"shutdown"}, 104)
+    assert len(shutdowns) == 1 and "--skiplock" in shutdowns[0]["argv"]
+    assert len(qm_calls(lab, mark, {"start"}, 104)) == 1
+
+
+def test_ignored_clean_shutdown_fails_without_power_off(lab, workdir):
+    lab.fault("ignore-shutdown", "pbs")
+    mark = len(lab.qm_log())
+    result = patch(lab, workdir, "--limit", "pbs", "--shutdown-timeout", "20")
+    assert "test_vm_shut_down" in result.failed("pbs")
+    assert len(qm_calls(lab, mark, {"shutdown"}, 101)) == 1
+    assert not qm_calls(lab, mark, {"stop", "start"}, 101)
+    assert lab.qm("status", 101).stdout.strip() == "status: running"
+
+
+def test_hard_stop_fallback_stops_and_starts(lab, workdir):
+    mark = len(lab.qm_log())
+    result = patch(
+        lab, workdir, "--limit", "pbs", "--shutdown-timeout", "20", "--hard-stop-fallback"
+    )
+    assert result.rc == 0, result.output[-3000:]
+    verbs = [c["argv"][0] for c in qm_calls(lab, mark, {"shutdown", "stop", "start"}, 101)]
+    assert verbs == ["shutdown", "stop", "start"]
+
+
+def test_missing_virtio_port_and_half_configured_dpkg(lab, workdir):
+    lab.fault("virtio-missing", "pbs")
+    lab.fault("dpkg-halfconf", "pihole")
+    mark = len(lab.qm_log())
+    result = patch(lab, workdir, "--limit", "pbs,pihole", "--boot-timeout", "120")
+    assert "test_virtio_port_back" in result.failed("pbs")
+    assert "test_ssh_back_with_new_boot" not in result.failed("pbs")
+    assert "test_dpkg_audit_clean" in result.failed("pihole")
+    assert not qm_calls(lab, mark, MUTATING_QM, 102)
+
+
+def test_report_timings():
+    """Not a check: prints the measured durations for the README."""
+    for name, seconds in TIMINGS.items():
+        print(f"TIMING {name}: {seconds:.0f} s")
+    assert TIMINGS
