@@ -211,7 +211,8 @@ def _default_report_path(config: pytest.Config) -> None:
         return
     if not config.option.htmlpath:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        config.option.htmlpath = str(config.rootpath / "reports" / f"pvepatch-{stamp}.html")
+        mode = "patch" if patch_selected(config.getoption("markexpr") or "") else "verify"
+        config.option.htmlpath = str(config.rootpath / "reports" / f"pvepatch-{stamp}-{mode}.html")
     config.option.self_contained_html = True
 
 
