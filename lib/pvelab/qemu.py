@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
+from pathlib import Path
 
 from pvelab.paths import LabPaths, port_base
 from pvelab.vmconf import ConfError, parse_agent, parse_property_string
@@ -35,6 +37,17 @@ def repo_port() -> int:
     return port_base() + 1
 
 
+def guestfwd_target() -> str:
+    """`cmd:` relay to the repo port, spawned per guest connection (see pvelab/guestfwd.py).
+
+    Not `tcp:127.0.0.1:<port>`: QEMU opens that single connection at start (failing the start
+    when the repo server is down) and serves no later guest connection.
+    """
+    relay = Path(__file__).with_name("guestfwd.py")
+    cmd = shlex.join([sys.executable, str(relay), "127.0.0.1", str(repo_port())])
+    return "cmd:" + cmd.replace(",", ",,")  # QemuOpts: a literal comma is doubled
+
+
 def has_tag(conf: dict[str, str], tag: str) -> bool:
     """PVE `tags` are separated by `;`, `,` or spaces."""
     return tag in re.split(r"[;,\s]+", conf.get("tags", ""))
@@ -52,7 +65,7 @@ def netdev_args(conf: dict[str, str], vmid: int, key: str) -> list[str]:
         if has_tag(conf, DNS_TAG):
             netdev.append(f"hostfwd=udp:127.0.0.1:{dns_port(vmid)}-:53")
             netdev.append(f"hostfwd=tcp:127.0.0.1:{dns_port(vmid)}-:53")
-        netdev.append(f"guestfwd=tcp:{REPO_GUEST_ADDR}-tcp:127.0.0.1:{repo_port()}")
+        netdev.append(f"guestfwd=tcp:{REPO_GUEST_ADDR}-{guestfwd_target()}")
     device = "virtio-net-pci" if model == "virtio" else "e1000"
     device += f",netdev={key}" + (f",mac={mac}" if mac else "")
     return ["-netdev", ",".join(netdev), "-device", device]

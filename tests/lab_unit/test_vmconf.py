@@ -182,11 +182,10 @@ def test_qemu_argv_disk_maps_to_overlay(paths: LabPaths) -> None:
 
 def test_qemu_argv_network_restricted_with_forwards(paths: LabPaths) -> None:
     pairs = _pairs(_argv(paths, CONF))
-    netdev = (
-        "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:22101-:22,"
-        "guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:22001"
-    )
-    assert ("-netdev", netdev) in pairs
+    netdev = next(v for k, v in pairs if k == "-netdev")
+    assert netdev.startswith("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:22101-:22,")
+    assert netdev.endswith(" 127.0.0.1 22001")
+    assert ",guestfwd=tcp:10.0.2.100:80-cmd:" in netdev and "guestfwd.py" in netdev
     assert ("-device", "virtio-net-pci,netdev=net0,mac=BC:24:11:00:01:01") in pairs
 
 
@@ -209,3 +208,36 @@ def test_qemu_argv_kvm_uses_host_cpu(paths: LabPaths) -> None:
 def test_qemu_argv_rejects_foreign_volume(paths: LabPaths) -> None:
     with pytest.raises(vmconf.ConfError):
         _argv(paths, "virtio0: local:vm-999-disk-0,size=2G\n")
+
+
+def test_guestfwd_relay_serves_each_connection(tmp_path: Path) -> None:
+    """The `cmd:` relay QEMU spawns per guest connection, with the guest socket on fd 0."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from pvelab import guestfwd
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"pong:" + conn.makefile("rb").read())
+
+    threading.Thread(target=answer, daemon=True).start()
+    for n in range(2):  # two sequential connections, as apt makes them
+        guest, child = socket.socketpair()
+        proc = subprocess.Popen(
+            [sys.executable, guestfwd.__file__, "127.0.0.1", str(port)], stdin=child, stdout=child
+        )
+        child.close()
+        guest.sendall(b"ping%d" % n)
+        guest.shutdown(socket.SHUT_WR)
+        assert guest.makefile("rb").read() == b"pong:ping%d" % n
+        assert proc.wait(timeout=10) == 0
+        guest.close()
+    server.close()
