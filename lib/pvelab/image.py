@@ -338,7 +338,11 @@ def ensure_image(cache_dir: Path | None = None, log: Log = print) -> Image:
         work.mkdir()
         log(f"[image] building {final} (recipe {recipe})")
         began = time.monotonic()
-        packages = _build(work, cache_dir, recipe, log)
+        try:
+            packages = _build(work, cache_dir, recipe, log)
+        except BaseException:
+            _remove_stale(cache_dir)  # keeps a tree that still has mounts: never rm through them
+            raise
         meta = {"recipe": recipe, "suite": SUITE, "packages": packages,
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "build_seconds": round(time.monotonic() - began, 1)}  # fmt: skip

@@ -8,10 +8,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,36 +203,3 @@ def start_repo_server(repo_dir: Path, port: int, log_file: Path) -> int:
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         )  # fmt: skip
     return proc.pid
-
-
-def guestfwd_command(port: int) -> str:
-    """The `cmd:` half of a QEMU guestfwd that reaches the repo on 127.0.0.1:port.
-
-    `guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:PORT` connects once, when QEMU starts, and
-    funnels every guest connection into that one stream: the second HTTP request fails.
-    `-cmd:` spawns this relay for each guest connection instead (no commas: -netdev syntax).
-    """
-    lib = Path(__file__).resolve().parents[1]
-    return f"cmd:env PYTHONPATH={lib} {sys.executable} -m pvelab.repo connect {port}"
-
-
-def relay(port: int) -> None:
-    """Copy stdin to 127.0.0.1:port and the answer to stdout (one guest connection)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.settimeout(None)
-
-    def upstream() -> None:
-        while data := os.read(0, 65536):
-            sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-
-    threading.Thread(target=upstream, daemon=True).start()
-    try:
-        while data := sock.recv(65536):
-            os.write(1, data)
-    except (BrokenPipeError, ConnectionError):
-        pass  # the guest or the server hung up: the connection is over either way
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["connect"]:
-    relay(int(sys.argv[2]))
