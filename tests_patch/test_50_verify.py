@@ -68,14 +68,14 @@ def test_started_exactly_once(restarted, cycle):
 @pytest.mark.pihole
 def test_dns_resolves(target):
     spec = target.pihole
-    answer = dns.query(spec.server, spec.port, spec.resolve_name)
+    answer = dns.query(spec.server, spec.port, spec.resolve_name, spec.protocol)
     assert answer.resolved, f"{spec.server}:{spec.port} did not resolve {answer}"
 
 
 @pytest.mark.pihole
 def test_dns_blocks(target):
     spec = target.pihole
-    answer = dns.query(spec.server, spec.port, spec.blocked_name)
+    answer = dns.query(spec.server, spec.port, spec.blocked_name, spec.protocol)
     assert answer.blocked, f"{spec.server}:{spec.port} did not block {answer}"
 
 

@@ -54,13 +54,21 @@ class VMCycle:
         self.connections = connections
         self.options = options
         self.fleet = fleet
+        self._guest: Guest | None = None
+        self._guest_inner: object | None = None
 
     # --- connections -----------------------------------------------------------------------
     def guest_transport(self) -> RecordingTransport:
         return RecordingTransport(self.connections.guest(self.target), self.record.guest_commands)
 
     def guest(self) -> Guest:
-        return Guest(self.guest_transport())
+        """The guest over the run's connection; kept while that connection lives, so testinfra
+        detects the OS once, not once per check."""
+        inner = self.connections.guest(self.target)
+        if self._guest is None or self._guest_inner is not inner:
+            self._guest = Guest(RecordingTransport(inner, self.record.guest_commands))
+            self._guest_inner = inner
+        return self._guest
 
     def qm(self) -> Qm:
         transport = RecordingTransport(

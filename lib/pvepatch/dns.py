@@ -38,11 +38,14 @@ class Answer:
         return f"{self.name}: {self.rcode} {', '.join(self.addresses) or '(no address)'}"
 
 
-def query(server: str, port: int, name: str, timeout: float = 5.0) -> Answer:
-    """Ask `server`:`port` for the A record of `name` (UDP, TCP when truncated)."""
+def query(server: str, port: int, name: str, protocol: str = "udp", timeout: float = 5.0) -> Answer:
+    """Ask `server`:`port` for the A record of `name` (UDP with TCP on truncation, or TCP)."""
     request = dns.message.make_query(name, dns.rdatatype.A)
     try:
-        response, _ = dns.query.udp_with_fallback(request, server, timeout=timeout, port=port)
+        if protocol == "tcp":
+            response = dns.query.tcp(request, server, timeout=timeout, port=port)
+        else:
+            response, _ = dns.query.udp_with_fallback(request, server, timeout=timeout, port=port)
     except (dns.exception.DNSException, OSError) as exc:
         raise TransportError(
             f"{server}:{port}", f"DNS query for {name} got no answer: {exc}"

@@ -47,6 +47,7 @@ class PiholeSpec:
     resolve_name: str
     blocked_name: str
     service: str
+    protocol: str = "udp"
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,15 @@ def _pihole_spec(f: _Fields, ssh: SSHSpec, groups: set[str]) -> PiholeSpec | Non
         resolve_name=f.text("pihole_resolve_name"),
         blocked_name=f.text("pihole_blocked_name"),
         service=f.text("pihole_service", default="pihole-FTL"),
+        protocol=_choice(f, "pihole_dns_protocol", ("udp", "tcp"), "udp"),
     )
+
+
+def _choice(f: _Fields, name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = f.text(name, default=default).lower()
+    if value not in allowed:
+        raise f.error(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def _select(tree: _Tree, path: str, group: str, limit: str | None) -> list[str]:

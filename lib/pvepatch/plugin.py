@@ -46,6 +46,7 @@ class Run:
     connections: Connections
     fleet: Fleet = field(default_factory=Fleet)
     records: dict[str, VMRecord] = field(default_factory=dict)
+    cycles: dict[str, VMCycle] = field(default_factory=dict)
     deselected_mutating: int = 0
     started: float = field(default_factory=lambda: dt.datetime.now().timestamp())
 
@@ -57,7 +58,11 @@ class Run:
         return self.records.setdefault(target.name, VMRecord(target))
 
     def cycle(self, target: Target) -> VMCycle:
-        return VMCycle(self.record(target), self.connections, self.options, self.fleet)
+        if target.name not in self.cycles:
+            self.cycles[target.name] = VMCycle(
+                self.record(target), self.connections, self.options, self.fleet
+            )
+        return self.cycles[target.name]
 
 
 RUN_KEY = pytest.StashKey[Run]()
