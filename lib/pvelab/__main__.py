@@ -37,7 +37,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def print_status(status: dict) -> None:
-    print(f"lab {status['lab']}  acceleration {status.get('accel')}")
+    acc = status.get("accel") or {}
+    reason = str(acc.get("reason", "")).splitlines()[:1]
+    print(f"lab {status['lab']}  acceleration {acc.get('accel')} {reason}")
     for name in ("pve_sshd", "repo_http"):
         d = status[name]
         state = f"pid {d['pid']}" if d["pid"] else "down"
