@@ -36,6 +36,9 @@ class Lab:
 
     def __init__(self, paths: LabPaths | None = None, base: int | None = None) -> None:
         self.paths = paths or LabPaths.default()
+        saved = self.state().get("port_base")
+        if base is None and "PVELAB_PORT_BASE" not in os.environ and isinstance(saved, int):
+            base = saved  # the lab keeps the ports it was brought up with
         self.base = base if base is not None else port_base()
 
     # -- where things are -------------------------------------------------------------------
