@@ -70,6 +70,10 @@ class SSHD:
                     threading.Event().wait(float(cmd.split()[1]))
                 if cmd.startswith("echo "):
                     chan.sendall(cmd[5:].encode() + b"\n")
+                if cmd.startswith("big "):
+                    for _ in range(int(cmd.split()[1]) // 1000):
+                        chan.sendall(b"x" * 999 + b"\n")
+                        chan.sendall_stderr(b"e")
                 chan.sendall_stderr(b"")
                 chan.send_exit_status(1 if cmd == "false" else 0)
                 chan.close()
@@ -155,3 +159,10 @@ def test_command_timeout(sshd, keys, tmp_path):
     kh.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n")
     with pytest.raises(CommandTimeout, match="command timed out after 1 s: sleep 5"):
         transport(sshd, keys, kh).run("sleep 5", timeout=1)
+
+
+def test_large_output_arrives_whole(sshd, keys, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n")
+    result = transport(sshd, keys, kh).run("big 3000000")
+    assert len(result.stdout) == 3_000_000 and len(result.stderr) == 3000

@@ -15,6 +15,9 @@ PIHOLE_VARS = {
     "pihole_resolve_name": "pi.hole",
     "pihole_blocked_name": "ads.example.com",
     "pihole_service": "dnsmasq",
+    # QEMU 7.2's user-mode network with restrict=on relays TCP forwards but drops the guest's
+    # UDP replies, so the lab's Pi-holes are queried over TCP (real DNS, the same dnsmasq).
+    "pihole_dns_protocol": "tcp",
 }
 
 

@@ -153,34 +153,26 @@ class SSHTransport:
     def _drain(
         self, channel: paramiko.Channel, text: str, deadline: float, timeout: float
     ) -> tuple[str, str]:
+        """Read stdout and stderr until the remote side sent EOF and its exit status."""
         out, err = bytearray(), bytearray()
         while True:
-            while channel.recv_ready():
+            progressed = False
+            if channel.recv_ready():
                 out += channel.recv(65536)
-            while channel.recv_stderr_ready():
+                progressed = True
+            if channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
-            if (
-                channel.exit_status_ready()
-                and not channel.recv_ready()
-                and not channel.recv_stderr_ready()
-            ):
-                break
+                progressed = True
+            if progressed:
+                continue
+            if channel.eof_received and channel.exit_status_ready():
+                return out.decode(errors="replace"), err.decode(errors="replace")
+            if channel.closed and not channel.exit_status_ready():
+                raise TransportError(self.host, f"channel closed without an exit status: {text!r}")
             if time.monotonic() > deadline:
                 channel.close()
                 raise CommandTimeout(self.host, text, timeout)
-            try:
-                chunk = channel.recv(65536)
-            except TimeoutError:
-                continue
-            if chunk:
-                out += chunk
-            elif channel.exit_status_ready() or channel.closed:
-                while channel.recv_stderr_ready():
-                    err += channel.recv_stderr(65536)
-                break
-            else:  # stdout closed, the command still runs (or writes only stderr)
-                time.sleep(0.05)
-        return out.decode(errors="replace"), err.decode(errors="replace")
+            time.sleep(0.01)
 
     def close(self) -> None:
         if self._client is not None:

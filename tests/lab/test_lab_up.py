@@ -111,10 +111,6 @@ def test_pihole_resolves_and_blocks(lab: Lab) -> None:
     assert resolve(port, "ads.example.com") == "0.0.0.0"
 
 
-def test_pihole_answers_over_udp(lab: Lab) -> None:
-    assert resolve(PIHOLE.dns_port(BASE), "pi.hole", tcp=False) is not None
-
-
 def test_fault_dns_down_silences_dns(lab: Lab) -> None:
     lab.fault("dns-down", "pihole")
     assert resolve(PIHOLE.dns_port(BASE), "pi.hole") is None
