@@ -8,8 +8,12 @@ from pvelab.lab import Lab
 
 @pytest.fixture(scope="session")
 def lab() -> Lab:
-    """The pvelab fleet (five real VMs and the stand-in Proxmox host), up and answering."""
+    """The pvelab fleet (five real VMs and the stand-in Proxmox host), fresh, up and answering."""
     lab = Lab()
-    lab.up(log=lambda line: print(f"[pvelab] {line}", flush=True))
+    log = lambda line: print(f"[pvelab] {line}", flush=True)  # noqa: E731
+    if lab.paths.state_file.exists():
+        lab.reset(log=log)  # fresh overlays: the tests expect an unpatched, fault-free fleet
+    else:
+        lab.up(log=log)
     yield lab
     lab.down(log=lambda line: print(f"[pvelab] {line}", flush=True))
