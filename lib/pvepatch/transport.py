@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import shlex
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from pvepatch.errors import CommandError, ReadOnlyViolation
@@ -36,6 +37,7 @@ class CommandResult:
     stderr: str
     duration: float
     mutating: bool = False
+    started: float | None = None  # epoch seconds when it was sent (set by GuardedTransport)
 
     @property
     def ok(self) -> bool:
@@ -124,7 +126,9 @@ class GuardedTransport:
         text = quote(command, *args)
         self.guard.admit(self.host, text, mutating)
         self.guard.record(self.host, text, mutating)
-        return self.inner.run(text, timeout=timeout, mutating=mutating)
+        sent = time.time()
+        result = self.inner.run(text, timeout=timeout, mutating=mutating)
+        return result if result.started is not None else replace(result, started=sent)
 
     def close(self) -> None:
         self.inner.close()
