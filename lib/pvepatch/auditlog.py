@@ -1,0 +1,304 @@
+"""One run's audit state: stage results as they happen, the ledger records, transcripts, the data
+the HTML report is rendered from."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pvepatch.ledger import Ledger, iso
+from pvepatch.plugin import Run
+from pvepatch.redact import Redactor
+from pvepatch.report import write_index, write_transcript
+from pvepatch.summary import (
+    StageResult,
+    TestResult,
+    command_facts,
+    operator,
+    sha256,
+    version,
+    vm_facts,
+    vm_verdict,
+)
+from pvepatch.transport import CommandResult
+
+TRANSCRIPT_LINES = 20  # a guest command with more output than this gets its own file
+INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED
+
+
+class AuditLog:
+    def __init__(
+        self,
+        config: pytest.Config,
+        run: Run,
+        ledger_path: Path,
+        html_path: Path | None,
+        redactor: Redactor,
+    ):
+        self.config, self.run, self.redactor = config, run, redactor
+        self.html_path = html_path.resolve() if html_path else None
+        self.run_id = ledger_path.stem
+        self.files_dir = ledger_path.parent / f"{ledger_path.stem}.files"
+        self.ledger = Ledger(ledger_path, self.run_id, redactor.obj)
+        self.stages: dict[str, dict[str, StageResult]] = {}
+        self.keys: dict[str, tuple[str, str]] = {}
+        self.phases: dict[str, TestResult] = {}
+        self.current: tuple[str, str] | None = None
+        self.sent: dict[str, tuple[int, int]] = {}
+        self.transcribed: dict[str, int] = {}
+        self.links: dict[tuple[str, int], str] = {}
+        self.transcripts: dict[str, dict[str, str]] = {}
+        self.ended: float | None = None
+        self.exitstatus: int | None = None
+        self.interruption: dict[str, Any] | None = None
+
+    # --- the header ------------------------------------------------------------------------
+    def static_header(self) -> dict[str, Any]:
+        opts, inv, config = self.run.options, self.run.inventory, self.config
+        return {
+            "run id": self.run_id,
+            "operator": operator(),
+            "pvepatch version": version(config.rootpath),
+            "inventory": str(Path(inv.path).resolve()),
+            "inventory sha256": sha256(Path(inv.path)),
+            "group": config.getoption("group"),
+            "--limit": config.getoption("limit") or "(all)",
+            "restart method": opts.restart_method,
+            "hard-stop fallback": opts.hard_stop_fallback,
+            "skiplock": opts.skiplock,
+            "timeouts (shutdown / boot / ssh / apt lock)": f"{opts.shutdown_timeout} / "
+            f"{opts.boot_timeout:g} / {config.getoption('ssh_timeout'):g} / {opts.lock_timeout} s",
+            "restart pause": f"{opts.restart_pause:g} s",
+            "host keys": "accept new" if config.getoption("accept_new_host_keys") else "strict",
+            "extra known_hosts": ", ".join(config.getoption("known_hosts")) or "—",
+        }
+
+    def header(self) -> dict[str, Any]:
+        end = self.ended
+        return {
+            "run id": self.run_id,
+            "mode": self.run.mode,
+            "verdict": self.verdict(),
+            "started": iso(self.run.started),
+            "ended": iso(end),
+            "duration": f"{end - self.run.started:.1f} s" if end else "—",
+            **{k: v for k, v in self.static_header().items() if k != "run id"},
+            "mutating commands sent": self.run.guard.mutating_sent,
+            "target VMs": ", ".join(str(t) for t in self.run.inventory.targets),
+            "command line": "pytest " + " ".join(self.config.invocation_params.args),
+            "exit status": self.exitstatus,
+            "ledger": self.ledger.path.name,
+            "JUnit XML": Path(self.config.option.xmlpath).name
+            if getattr(self.config.option, "xmlpath", None)
+            else "—",
+            "transcripts": f"{self.files_dir.name}/",
+        }
+
+    def verdict(self) -> str:
+        if self.exitstatus is None:
+            return "running"
+        if self.exitstatus == INTERRUPTED:
+            return "interrupted"
+        vms = [self.vm_entry(t.name)["verdict"] for t in self.run.inventory.targets]
+        if self.exitstatus == 0 and "failed" not in vms:
+            return "passed"
+        return "failed" if self.exitstatus in (0, 1) else f"error (exit status {self.exitstatus})"
+
+    # --- as the run goes ---------------------------------------------------------------------
+    def run_start(self, items: int) -> None:
+        targets = [
+            {"vm": t.name, "vmid": t.vmid, "proxmox_host": t.proxmox.name}
+            for t in self.run.inventory.targets
+        ]
+        self.ledger.write(
+            "run_start", mode=self.run.mode, limit=self.config.getoption("limit"),
+            tests=items, targets=targets, header=self.header(),
+        )  # fmt: skip
+
+    def test_starts(self, nodeid: str, key: tuple[str, str]) -> None:
+        self.keys[nodeid] = key
+        if self.current == key:
+            return
+        vm, stage = key
+        self.stages.setdefault(vm, {})[stage] = StageResult(stage, started=time.time())
+        self.current = key
+        self.ledger.write("stage_start", vm=vm, vmid=self._vmid(vm), stage=stage)
+
+    def test_phase(self, report: pytest.TestReport, message: str) -> None:
+        key = self.keys.get(report.nodeid)
+        if key is None:
+            return
+        name = report.nodeid.split("::")[-1]
+        result = self.phases.setdefault(report.nodeid, TestResult(name, "passed", 0.0))
+        result.duration += report.duration
+        if report.when == "call" or not report.passed:
+            outcome: str = report.outcome
+            if report.when != "call" and report.failed:
+                outcome = "error"
+            if result.outcome in ("passed", "skipped") or outcome == "error":
+                result.outcome = outcome
+            if not report.passed and not result.message:
+                result.message = message
+        if report.when == "teardown":
+            self.stages[key[0]][key[1]].tests.append(self.phases.pop(report.nodeid))
+
+    def stage_ends(self, key: tuple[str, str], status: str | None = None) -> None:
+        vm, stage = key
+        result = self.stages[vm][stage]
+        result.ended = time.time()
+        self.new_transcripts(vm)
+        qm_from, guest_from = self.sent.get(vm, (0, 0))
+        record = self.run.records.get(vm)
+        fields = result.as_dict()
+        if status:
+            fields["status"] = status
+        self.ledger.write(
+            "stage",
+            vm=vm,
+            vmid=self._vmid(vm),
+            **fields,
+            verdict=self.vm_entry(vm, commands=False)["verdict"],
+            facts=vm_facts(record) if record else None,
+            qm_commands=self._commands(vm, "qm", qm_from),
+            guest_commands=self._commands(vm, "guest", guest_from),
+        )
+        if record is not None:
+            self.sent[vm] = (len(record.qm_commands), len(record.guest_commands))
+        self.current = None
+
+    def run_end(self, exitstatus: int) -> None:
+        self.ended, self.exitstatus = time.time(), exitstatus
+        if exitstatus == INTERRUPTED and self.current is not None:
+            self._close_interrupted(self.current)
+        self.ledger.write(
+            "run_end",
+            verdict=self.verdict(),
+            exit_status=exitstatus,
+            ended=iso(self.ended),
+            mutating_commands_sent=self.run.guard.mutating_sent,
+            vms={
+                t.name: {k: v for k, v in self.vm_entry(t.name, False).items() if k in VERDICT}
+                for t in self.run.inventory.targets
+            },
+            interrupted=self.interruption,
+            left_down=dict(self.run.fleet.down),
+        )
+
+    def _close_interrupted(self, key: tuple[str, str]) -> None:
+        vm, stage = key
+        for nodeid, result in list(self.phases.items()):
+            if self.keys.get(nodeid) == key:
+                result.outcome, result.message = "interrupted", "the run was interrupted here"
+                self.stages[vm][stage].tests.append(self.phases.pop(nodeid))
+        tests = [nodeid for nodeid, k in self.keys.items() if k == key]
+        self.interruption = {
+            "vm": vm,
+            "stage": stage,
+            "last_test": tests[-1] if tests else None,
+            "vm_status_after": self._vm_status(vm),
+            "left_down_by_run": self.run.fleet.down.get(vm),
+        }
+        self.stage_ends(key, status="interrupted")
+
+    def _vm_status(self, vm: str) -> str:
+        """`qm status` after the interruption (the cycle starts a stopped VM again first)."""
+        try:
+            return self.run.cycle(self.run.inventory.target(vm)).qm().status()
+        except Exception as exc:  # noqa: BLE001 - the state is reported as unknown, with why
+            return f"unknown ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+
+    # --- transcripts ---------------------------------------------------------------------------
+    def new_transcripts(self, vm: str) -> dict[str, str]:
+        """Write the VM's long or mutating guest commands to files; the new ones' links."""
+        record = self.run.records.get(vm)
+        if record is None:
+            return {}
+        new = {}
+        start = self.transcribed.get(vm, 0)
+        for index, result in enumerate(record.guest_commands[start:], start):
+            lines = len(result.stdout.splitlines()) + len(result.stderr.splitlines())
+            if not result.mutating and lines <= TRANSCRIPT_LINES:
+                continue
+            label = f"{vm}: {_label(result.command)}"
+            name = f"{vm}-{index:03d}-{_slug(_label(result.command))}.txt"
+            write_transcript(self.files_dir, name, _transcript(result), self.redactor)
+            link = f"{self.files_dir.name}/{name}"
+            self.links[(vm, index)] = new[label] = link
+        self.transcribed[vm] = len(record.guest_commands)
+        self.transcripts.setdefault(vm, {}).update(new)
+        return new
+
+    def _commands(self, vm: str, kind: str, start: int = 0) -> list[dict[str, Any]]:
+        record = self.run.records.get(vm)
+        if record is None:
+            return []
+        results = record.qm_commands if kind == "qm" else record.guest_commands
+        out = []
+        for index, result in enumerate(results[start:], start):
+            facts = command_facts(result)
+            if kind == "guest" and (vm, index) in self.links:
+                facts["transcript"] = self.links[(vm, index)]
+            out.append(facts)
+        return out
+
+    # --- the data the report is rendered from ------------------------------------------------
+    def vm_entry(self, vm: str, commands: bool = True) -> dict[str, Any]:
+        target = self.run.inventory.target(vm)
+        record = self.run.records.get(vm)
+        stages = self.stages.get(vm, {})
+        verdict, reason = vm_verdict(record, stages)
+        if self.interruption and self.interruption["vm"] == vm:
+            verdict = "interrupted"
+            reason = f"run interrupted in stage {self.interruption['stage']}; VM status afterwards: {self.interruption['vm_status_after']}"
+        entry: dict[str, Any] = {"vm": vm, "vmid": target.vmid, "proxmox_host": target.proxmox.name}
+        entry.update(vm_facts(record) if record else {})
+        entry.update(verdict=verdict, reason=reason)
+        entry["stages"] = {name: result.as_dict() for name, result in stages.items()}
+        if commands:
+            entry["qm_commands"] = self._commands(vm, "qm")
+            entry["guest_commands"] = self._commands(vm, "guest")
+            entry["transcripts"] = self.transcripts.get(vm, {})
+        return entry
+
+    def data(self) -> dict[str, Any]:
+        """The run's facts, redacted: what the HTML shows (the ledger's records hold the same)."""
+        vms = [self.vm_entry(t.name) for t in self.run.inventory.targets]
+        return dict(self.redactor.obj({"header": self.header(), "vms": vms}))
+
+    def finish_files(self) -> None:
+        """After pytest-html and junitxml wrote: redact them, close the ledger, update the index."""
+        self.ledger.close()
+        xml = getattr(self.config.option, "xmlpath", None)
+        for path in (self.html_path, Path(xml) if xml else None):
+            if path is not None and path.exists():
+                self.redactor.file(path)
+        write_index(self.ledger.path.parent)
+
+    def _vmid(self, vm: str) -> int:
+        return self.run.inventory.target(vm).vmid
+
+
+VERDICT = ("verdict", "reason", "failed")
+
+
+def _label(command: str) -> str:
+    """A short name for a command: apt-get's verb and arguments, else its start."""
+    if "apt-get" in command and "--force-confold " in command:
+        return "apt-get " + command.rsplit("--force-confold ", 1)[1]
+    return command[:50]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", text).strip("-")[:60]
+
+
+def _transcript(result: CommandResult) -> str:
+    return (
+        f"host: {result.host}\ncommand: {result.command}\nsent: {iso(result.started)}\n"
+        f"exit status: {result.rc}\nduration: {result.duration:.1f} s\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}\n"
+    )

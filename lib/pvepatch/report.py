@@ -1,0 +1,222 @@
+"""Render the run's recorded facts as HTML fragments for pytest-html, and the reports index."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pvepatch import ledger
+from pvepatch.summary import STAGE_NAMES
+
+STYLE = """<style>
+.pvepatch{color:#000}
+.pvepatch table{border-collapse:collapse;margin:4px 0 12px}
+.pvepatch th,.pvepatch td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
+.pvepatch .passed{background:#dfd}.pvepatch .failed{background:#fcc}
+.pvepatch .skipped{background:#ffd}.pvepatch .not-run{background:#eee}
+.pvepatch .interrupted{background:#fb8}
+.pvepatch pre{margin:0;white-space:pre-wrap;font-size:11px;max-width:900px}
+.pvepatch section{border-top:2px solid #888;margin-top:10px}
+</style>"""
+
+
+def esc(value: Any) -> str:
+    return html.escape("—" if value is None or value == "" else str(value))
+
+
+def _table(rows: Iterable[Sequence[Any]], head: Sequence[str] | None = None, cls: str = "") -> str:
+    parts = [f'<table class="{cls}">' if cls else "<table>"]
+    if head:
+        parts.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>")
+    for row in rows:
+        parts.append("<tr>" + "".join(_cell(c) for c in row) + "</tr>")
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, Raw):
+        return f"<td{value.attrs}>{value.html}</td>"
+    return f"<td>{esc(value)}</td>"
+
+
+class Raw:
+    """Already-escaped cell content."""
+
+    def __init__(self, html_text: str, attrs: str = ""):
+        self.html, self.attrs = html_text, attrs
+
+
+def header_html(header: dict[str, Any]) -> str:
+    rows = [(Raw(f"<b>{esc(k)}</b>"), v) for k, v in header.items()]
+    return f'<div class="pvepatch" id="pvepatch-header"><h2>pvepatch run</h2>{_table(rows)}</div>'
+
+
+def matrix_html(vms: list[dict[str, Any]]) -> str:
+    """The fleet matrix: one row per VM, one column per stage, the verdict and its reason."""
+    rows = []
+    for vm in vms:
+        cells: list[Any] = [Raw(f'<a href="#vm-{esc(vm["vm"])}">{esc(vm["vm"])}</a>'), vm["vmid"]]
+        for stage in STAGE_NAMES:
+            cell = vm["stages"].get(stage)
+            status = cell["status"] if cell else "not run"
+            text = f"{status} ({cell['duration_s']:.1f} s)" if cell else "not run"
+            cells.append(Raw(esc(text), f' class="{status.replace(" ", "-")}"'))
+        cells.append(
+            Raw(f"<b>{esc(vm['verdict'])}</b>", f' class="{vm["verdict"].replace(" ", "-")}"')
+        )
+        cells.append(vm["reason"])
+        rows.append(cells)
+    head = ["VM", "vmid", *STAGE_NAMES, "verdict", "reason"]
+    table = _table(rows, head, "pvepatch-matrix")
+    return f'<div class="pvepatch" id="pvepatch-matrix"><h2>Fleet</h2>{table}</div>'
+
+
+def vm_html(vm: dict[str, Any]) -> str:
+    """Everything recorded about one VM: packages, reboot, kernel, boot_id, pid, timeline, commands."""
+    name = esc(vm["vm"])
+    parts = [
+        f'<section class="pvepatch pvepatch-vm" id="vm-{name}">',
+        f"<h3>{name} (VM {esc(vm['vmid'])} on {esc(vm['proxmox_host'])}): "
+        f"{esc(vm['verdict'])}</h3>",
+    ]
+    if vm["reason"]:
+        parts.append(f"<p><b>reason:</b> {esc(vm['reason'])}</p>")
+    parts.append(_identity_table(vm))
+    parts.append(_packages_html(vm))
+    parts.append(_restart_html(vm.get("restart")))
+    parts.append(_links_html(vm.get("transcripts", {})))
+    parts.append(_commands_html("qm commands on the Proxmox host", vm["qm_commands"], False))
+    parts.append(_commands_html("in-guest commands", vm["guest_commands"], True))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _identity_table(vm: dict[str, Any]) -> str:
+    reboot = vm.get("reboot_required")
+    if reboot:
+        reboot = "yes, asked by: " + (", ".join(vm["reboot_packages"]) or "(no package named)")
+    elif reboot is False:
+        reboot = "no"
+    pairs: list[Sequence[Any]] = [
+        ("running kernel", vm.get("kernel_before"), vm.get("kernel_after")),
+        ("boot_id", vm.get("boot_id_before"), vm.get("boot_id_after")),
+        ("boot_id around apt", vm.get("boot_id_before_patch"), vm.get("boot_id_after_patch")),
+        ("QEMU pid", vm.get("qemu_pid_before"), vm.get("qemu_pid_after")),
+    ]
+    agent = vm.get("agent")
+    if agent:
+        agent = "; ".join(
+            f"{k.replace('_', ' ')}: {'yes' if v else 'no'}" for k, v in agent.items()
+        )
+    for label, value in (("guest asked for a reboot", reboot), ("guest agent", agent)):
+        pairs.append((label, Raw(esc(value), ' colspan="2"')))
+    return _table(pairs, ["fact", "before", "after"], "pvepatch-facts")
+
+
+def _packages_html(vm: dict[str, Any]) -> str:
+    packages = vm.get("packages")
+    if packages is None:
+        return "<p>packages: not patched in this run</p>"
+    if not packages:
+        return "<p>packages: nothing to upgrade</p>"
+    rows = [(p["name"], p["old"], p["new"], p["kind"]) for p in packages]
+    return f"<h4>packages ({len(rows)})</h4>" + _table(
+        rows, ["package", "old version", "new version", "change"], "pvepatch-packages"
+    )
+
+
+def _restart_html(restart: dict[str, Any] | None) -> str:
+    if restart is None:
+        return "<p>restart: not done in this run</p>"
+    rows = [(e["label"], e["time"], e["after_s"]) for e in restart["events"]]
+    downtime = restart["downtime_s"]
+    rows.append(
+        (
+            "downtime (shutdown sent to agent answering)",
+            None if downtime is None else f"{downtime} s",
+            None,
+        )
+    )
+    head = f"<h4>restart ({esc(restart['method'])})</h4>"
+    notes = "".join(
+        f"<p><b>{esc(k)}:</b> {esc(v)}</p>"
+        for k, v in [("refused", restart["refused"]), *restart["errors"].items()]
+        if v
+    )
+    return (
+        head + notes + _table(rows, ["event", "time", "seconds after shutdown"], "pvepatch-restart")
+    )
+
+
+def _links_html(transcripts: dict[str, str]) -> str:
+    if not transcripts:
+        return ""
+    links = ", ".join(f'<a href="{esc(p)}">{esc(label)}</a>' for label, p in transcripts.items())
+    return f"<p>transcripts: {links}</p>"
+
+
+def _commands_html(title: str, commands: list[dict[str, Any]], with_output: bool) -> str:
+    head = ["sent", "host", "command", "exit", "s"] + (["output (tail)"] if with_output else [])
+    rows = []
+    for c in commands:
+        row: list[Any] = [c["started"], c["host"], c["command"], c["rc"], c["duration_s"]]
+        if with_output:
+            text = "\n".join(t for t in (c["stdout_tail"], c["stderr_tail"]) if t)
+            row.append(Raw(f"<pre>{html.escape(text)}</pre>" if text else ""))
+        rows.append(row)
+    table = _table(rows, head, "pvepatch-commands")
+    return f"<details><summary>{esc(title)} ({len(commands)})</summary>{table}</details>"
+
+
+def summary_prefix(data: dict[str, Any]) -> list[str]:
+    """The fragments pytest-html puts above its results table (static HTML: no JS needed)."""
+    return [STYLE, header_html(data["header"]), matrix_html(data["vms"])] + [
+        vm_html(vm) for vm in data["vms"]
+    ]
+
+
+# --- transcripts and the index ----------------------------------------------------------
+
+
+def write_transcript(directory: Path, name: str, text: str, redact: Callable[[str], str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(redact(text), encoding="utf-8")
+    return path
+
+
+def write_index(reports: Path) -> Path:
+    """reports/index.html: every run (by its ledger), newest first, with verdict and links."""
+    rows = []
+    for path in sorted(reports.glob("pvepatch-*.jsonl"), reverse=True):
+        records = ledger.read(path)
+        start = next((r for r in records if r.get("type") == "run_start"), {})
+        report = path.with_suffix(".html")
+        link = (
+            Raw(f'<a href="{esc(report.name)}">{esc(report.name)}</a>') if report.exists() else "—"
+        )
+        stamp = start.get("time", "")
+        rows.append(
+            (
+                stamp,
+                start.get("mode"),
+                start.get("limit"),
+                ledger.verdict(records),
+                link,
+                Raw(f'<a href="{esc(path.name)}">ledger</a>'),
+            )
+        )
+    rows.sort(key=lambda r: str(r[0]), reverse=True)
+    table = _table(
+        rows, ["started", "mode", "limit", "verdict", "report", "ledger"], "pvepatch-index"
+    )
+    page = (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>pvepatch runs</title>'
+        f'{STYLE}</head><body class="pvepatch"><h1>pvepatch runs (newest first)</h1>{table}</body></html>'
+    )
+    index = reports / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index

@@ -1,0 +1,163 @@
+"""The audit record as a pytest plugin: the ledger as the run goes, pytest-html hooks, the index.
+
+Inert unless pvepatch is active (`config.stash[RUN_KEY]` set by pvepatch.plugin).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pvepatch import report as html_report
+from pvepatch.auditlog import AuditLog
+from pvepatch.plugin import RUN_KEY, patch_selected, stage_of
+from pvepatch.redact import Redactor
+
+AUDIT_KEY = pytest.StashKey[AuditLog]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pvepatch")
+    group.addoption(
+        "--ledger",
+        default=None,
+        metavar="PATH",
+        help="JSON-lines ledger of the run, written as it goes (default: beside the HTML report, "
+        "same name, .jsonl)",
+    )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        return
+    redactor = Redactor()
+    redactor.add_environment(os.environ)
+    redactor.add_inventory(run.inventory.path)
+    html_path = getattr(config.option, "htmlpath", None)
+    ledger_path = _ledger_path(config, html_path)
+    audit = AuditLog(config, run, ledger_path, html_path and Path(html_path), redactor)
+    config.stash[AUDIT_KEY] = audit
+    _add_metadata(config, audit)
+    config.pluginmanager.register(AuditPlugin(audit), "pvepatch-audit")
+
+
+def _ledger_path(config: pytest.Config, html_path: str | None) -> Path:
+    if config.getoption("ledger"):
+        return Path(config.getoption("ledger")).resolve()
+    if html_path:
+        return Path(html_path).resolve().with_suffix(".jsonl")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    mode = "patch" if patch_selected(config.getoption("markexpr") or "") else "verify"
+    return config.rootpath / "reports" / f"pvepatch-{stamp}-{mode}.jsonl"
+
+
+def _add_metadata(config: pytest.Config, audit: AuditLog) -> None:
+    try:
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:
+        return
+    metadata = config.stash.get(metadata_key, None)
+    if metadata is None:
+        return
+    for key, value in audit.static_header().items():
+        metadata[f"pvepatch {key}"] = value
+    for key in list(metadata):
+        metadata[key] = audit.redactor.obj(metadata[key])
+
+
+class AuditPlugin:
+    """The per-run hooks, registered by pytest_configure when pvepatch is active."""
+
+    def __init__(self, audit: AuditLog):
+        self.audit = audit
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.audit.run_start(len(session.items))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        key = _key(item)
+        if key is not None:
+            self.audit.test_starts(item.nodeid, key)
+        result = yield
+        if key is not None and (nextitem is None or _key(nextitem) != key):
+            self.audit.stage_ends(key)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+        report = yield
+        key = _key(item)
+        if key is not None and report.when == "call":
+            links = self.audit.new_transcripts(key[0])
+            if links:
+                from pytest_html import extras
+
+                report.extras = getattr(report, "extras", []) + [
+                    extras.url(path, name=label) for label, path in links.items()
+                ]
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.audit.test_phase(report, _message(report))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.audit.run_end(int(exitstatus))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_report_title(self, report: Any) -> None:
+        markexpr = self.audit.config.getoption("markexpr") or ""
+        mode = "patch" if patch_selected(markexpr) else "verify"  # collection has not run yet
+        report.title = f"pvepatch {mode} run {self.audit.run_id}"
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(
+        self, prefix: list[str], summary: Any, postfix: Any, session: Any
+    ) -> None:
+        prefix.extend(html_report.summary_prefix(self.audit.data()))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_header(self, cells: list[str]) -> None:
+        cells.insert(1, '<th class="sortable" data-column-type="vm">VM</th>')
+        cells.insert(2, '<th class="sortable" data-column-type="stage">stage</th>')
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_row(self, report: Any, cells: list[str]) -> None:
+        vm, stage = self.audit.keys.get(report.nodeid, ("", ""))
+        cells.insert(1, f'<td class="col-vm">{html_report.esc(vm)}</td>')
+        cells.insert(2, f'<td class="col-stage">{html_report.esc(stage)}</td>')
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_html(self, report: Any, data: list[str]) -> None:
+        data[:] = [self.audit.redactor(text) for text in data]
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.audit.finish_files()
+
+
+def _key(item: pytest.Item) -> tuple[str, str] | None:
+    callspec = getattr(item, "callspec", None)
+    target = callspec.params.get("target") if callspec else None
+    stage = stage_of(item)
+    if target is None or stage is None or not hasattr(target, "name"):
+        return None
+    return target.name, stage[0]
+
+
+def _message(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if longrepr is None:
+        return ""
+    if isinstance(longrepr, tuple):  # a skip: (file, line, reason)
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(longrepr)
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""

@@ -1,0 +1,194 @@
+"""The audit facts of a run, as plain data: the one source the ledger and the HTML report show."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import hashlib
+import os
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pvepatch
+from pvepatch.ledger import iso
+from pvepatch.record import VMRecord
+from pvepatch.transport import CommandResult, tail
+
+STAGE_NAMES = ("preflight", "guest_agent", "patch", "restart", "verify")
+TAIL_LINES = 5
+TAIL_CHARS = 600
+RESTART_EVENTS = (
+    ("shutdown_sent", "shutdown sent"),
+    ("stopped", "VM stopped"),
+    ("start_sent", "start sent"),
+    ("started", "VM started"),
+    ("ssh_back", "SSH answered (new boot_id)"),
+    ("port_back", "virtio port back"),
+    ("agent_back", "guest agent answered"),
+)
+
+
+@dataclass
+class TestResult:
+    name: str
+    outcome: str  # passed, failed, skipped, error
+    duration: float
+    message: str = ""
+
+
+@dataclass
+class StageResult:
+    """The tests of one stage for one VM, as they ran."""
+
+    stage: str
+    started: float | None = None
+    ended: float | None = None
+    tests: list[TestResult] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        outcomes = {t.outcome for t in self.tests}
+        if outcomes & {"failed", "error"}:
+            return "failed"
+        if "passed" in outcomes:
+            return "passed"
+        return "skipped" if outcomes else "not run"
+
+    @property
+    def duration(self) -> float:
+        return sum(t.duration for t in self.tests)
+
+    def reason(self) -> str:
+        bad = [t for t in self.tests if t.outcome in {"failed", "error"}]
+        skipped = [t for t in self.tests if t.outcome == "skipped"]
+        first = (bad or skipped)[:1]
+        return f"{first[0].name}: {first[0].message}" if first else ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "status": self.status,
+            "started": iso(self.started),
+            "ended": iso(self.ended),
+            "duration_s": round(self.duration, 3),
+            "tests": [dataclasses.asdict(t) for t in self.tests],
+        }
+
+
+def command_facts(result: CommandResult) -> dict[str, Any]:
+    """One command as the record keeps it: host, command, exit code, when, how long, output tail."""
+    out = tail(result.stdout, TAIL_LINES)
+    err = tail(result.stderr, TAIL_LINES)
+    return {
+        "host": result.host,
+        "command": result.command,
+        "rc": result.rc,
+        "started": iso(result.started),
+        "duration_s": round(result.duration, 3),
+        "mutating": result.mutating,
+        "stdout_tail": out[-TAIL_CHARS:],
+        "stderr_tail": err[-TAIL_CHARS:],
+        "output_lines": len(result.stdout.splitlines()) + len(result.stderr.splitlines()),
+    }
+
+
+def vm_facts(record: VMRecord) -> dict[str, Any]:
+    """What the stages recorded about one VM (commands apart)."""
+    target, facts = record.target, record.facts
+    apt, restart = record.apt, record.restart
+    return {
+        "vm": target.name,
+        "vmid": target.vmid,
+        "proxmox_host": target.proxmox.name,
+        "failed": record.failed,
+        "packages": [dataclasses.asdict(c) | {"kind": c.kind} for c in apt.changes]
+        if apt
+        else None,
+        "reboot_required": apt.reboot_required if apt else None,
+        "reboot_packages": list(apt.reboot_packages) if apt else None,
+        "apt_lock_waits": apt.lock_waits if apt else None,
+        "kernel_before": facts.get("kernel_before"),
+        "kernel_after": facts.get("kernel_after"),
+        "boot_id_before": facts.get("boot_id_before"),
+        "boot_id_after": facts.get("boot_id_after"),
+        "boot_id_before_patch": facts.get("boot_id_before_patch"),
+        "boot_id_after_patch": facts.get("boot_id_after_patch"),
+        "qemu_pid_before": facts.get("qemu_pid_before"),
+        "qemu_pid_after": facts.get("qemu_pid_after"),
+        "hostname": facts.get("hostname"),
+        "agent": dataclasses.asdict(record.agent) if record.agent else None,
+        "restart": _restart_facts(restart) if restart else None,
+    }
+
+
+def _restart_facts(restart: Any) -> dict[str, Any]:
+    times = restart.times
+    t0 = times.get("shutdown_sent")
+    return {
+        "method": restart.method,
+        "refused": restart.refused,
+        "errors": dict(restart.errors),
+        "events": [
+            {
+                "event": key,
+                "label": label,
+                "time": iso(times.get(key)),
+                "after_s": round(times[key] - t0, 1) if key in times and t0 else None,
+            }
+            for key, label in RESTART_EVENTS
+        ],
+        "downtime_s": round(restart.downtime, 1) if restart.downtime is not None else None,
+        "shutdown_rc": restart.shutdown.rc if restart.shutdown else None,
+        "hard_stop_rc": restart.hard_stop.rc if restart.hard_stop else None,
+        "start_rc": restart.start.rc if restart.start else None,
+    }
+
+
+def vm_verdict(record: VMRecord | None, stages: dict[str, StageResult]) -> tuple[str, str]:
+    """passed / failed / not run, and the one-line reason of a failure."""
+    if record is not None and record.failed:
+        return "failed", record.failed
+    for result in stages.values():
+        if result.status == "failed":
+            return "failed", f"{result.stage}: {result.reason()}"
+    if not stages:
+        return "not run", ""
+    return "passed", ""
+
+
+# --- the run header ------------------------------------------------------------------------
+
+
+def operator() -> str:
+    """user@machine (and the sudo user behind root, when there is one)."""
+    user = getpass.getuser()
+    sudo = os.environ.get("SUDO_USER")
+    who = f"{user}@{socket.getfqdn()}"
+    return f"{who} (sudo by {sudo})" if sudo and sudo != user else who
+
+
+def version(root: Path) -> str:
+    """pvepatch's version, with the git commit (and `-dirty`) when run from a checkout."""
+    try:
+        commit = _git(root, "rev-parse", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return pvepatch.__version__
+    return f"{pvepatch.__version__} (git {commit[:12]}{'-dirty' if dirty else ''})"
+
+
+def _git(root: Path, *args: str) -> str:
+    proc = subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+    )
+    return proc.stdout.strip()
+
+
+def sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
