@@ -1,7 +1,5 @@
 """Stage 5, verify (read-only): the VM is healthy now; in a patch run, it really restarted once."""
 
-import time
-
 import pytest
 from pvepatch import dns
 from pvepatch.qm import AGENT_PORT
@@ -30,39 +28,6 @@ def test_guest_agent_ping(cycle, target):
 
 def test_vm_status_running(cycle):
     assert cycle.qm().status() == "running"
-
-
-@pytest.fixture
-def restarted(record, patch_run):
-    if not patch_run:
-        pytest.skip("no restart in a verify run")
-    if record.restart is None or not record.restart.started:
-        pytest.fail("the restart stage did not restart this VM")
-    return record
-
-
-def test_boot_id_changed(restarted, cycle):
-    now = cycle.guest().boot_id()
-    restarted.facts["boot_id_after"] = now
-    assert now != restarted.facts["boot_id_before"]
-
-
-def test_qemu_process_replaced(restarted, cycle):
-    status = cycle.qm().run_status()
-    restarted.facts["qemu_pid_after"] = status.pid
-    assert status.pid and status.pid != restarted.facts["qemu_pid_before"]
-
-
-def test_started_exactly_once(restarted, cycle):
-    """QEMU's uptime matches our one start: not older (no restart), not younger (a second one)."""
-    status = cycle.qm().run_status()
-    now = time.time()
-    since_sent = now - restarted.restart.times["start_sent"]
-    since_started = now - restarted.restart.times["started"]
-    assert status.uptime is not None, "qm status --verbose shows no uptime"
-    assert since_started - 5 <= status.uptime <= since_sent + 2, (
-        f"QEMU uptime {status.uptime} s, but our qm start was sent {since_sent:.0f} s ago"
-    )
 
 
 @pytest.mark.pihole

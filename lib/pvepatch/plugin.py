@@ -219,6 +219,8 @@ def _default_report_path(config: pytest.Config) -> None:
         mode = "patch" if patch_selected(config.getoption("markexpr") or "") else "verify"
         config.option.htmlpath = str(config.rootpath / "reports" / f"pvepatch-{stamp}-{mode}.html")
     config.option.self_contained_html = True
+    if getattr(config.option, "xmlpath", None) is None:  # JUnit XML for CI, beside the report
+        config.option.xmlpath = str(Path(config.option.htmlpath).with_suffix(".xml"))
 
 
 # --- collection ---------------------------------------------------------------------------
