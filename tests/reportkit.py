@@ -1,0 +1,87 @@
+"""Helpers for the report/ledger/redaction tests: the real stages against a fake fleet, with
+pytest-html and the reporting plugin on."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import fakes
+import pytest
+from pvepatch.plugin import FACTORY_KEY
+
+STAGES_DIR = Path(__file__).resolve().parents[1] / "tests_patch"
+FAST = ["--restart-pause", "0", "--boot-timeout", "5", "-p", "pvepatch.plugin"]
+PLUGINS = ["-p", "pvepatch.reporting", "-p", "no:cacheprovider"]
+
+
+class FleetPlugin:
+    """Hands the plugin a fake fleet instead of SSH."""
+
+    def __init__(self, fleet: fakes.FakeFleet):
+        self.fleet = fleet
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.stash[FACTORY_KEY] = self.fleet.factory
+
+
+def inventory(n: int, extra_vars: str = "") -> str:
+    hosts = "".join(
+        f"        {name}: {{ansible_host: 127.0.0.1, ansible_port: {2201 + i}, vmid: {101 + i}, "
+        f"proxmox_host: pve}}\n"
+        for i, name in enumerate(names(n))
+    )
+    return (
+        "all:\n"
+        + (f"  vars:\n{extra_vars}" if extra_vars else "")
+        + "  children:\n    proxmox:\n      hosts:\n        pve: {ansible_host: 127.0.0.1, ansible_port: 2200}\n"
+        + "    ubuntu_vms:\n      hosts:\n"
+        + hosts
+    )
+
+
+def names(n: int) -> list[str]:
+    base = ["pbs", "pihole", "pihole-backup"]
+    return base[:n] if n <= 3 else [f"vm{i:02d}" for i in range(n)]
+
+
+def fleet_of(n: int, cls: type[fakes.FakeFleet] = fakes.FakeFleet) -> fakes.FakeFleet:
+    return cls(
+        [
+            fakes.FakeVM(name, 101 + i, f"bc:24:11:00:{i // 256:02x}:{i % 256 + 1:02x}")
+            for i, name in enumerate(names(n))
+        ]
+    )
+
+
+def make_suite(pytester: pytest.Pytester, n: int = 3, extra_vars: str = "") -> pytest.Pytester:
+    shutil.copytree(
+        STAGES_DIR, pytester.path / "tests_patch", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (pytester.path / "inventory.yaml").write_text(inventory(n, extra_vars))
+    pytester.makeini("[pytest]\ntestpaths = tests_patch\n")
+    return pytester
+
+
+def run(
+    suite: pytest.Pytester, fleet: fakes.FakeFleet, *args: str, name: str = "run", **kwargs: object
+) -> tuple[pytest.RunResult, Path]:
+    """Run the stages; returns the result and the HTML report's path (ledger etc. beside it)."""
+    html = suite.path / "reports" / f"pvepatch-{name}.html"
+    result = suite.runpytest(
+        "--inventory", "inventory.yaml", *FAST, *PLUGINS, f"--html={html}", "--self-contained-html",
+        *args, plugins=[FleetPlugin(fleet)], **kwargs,
+    )  # fmt: skip
+    return result, html
+
+
+def mutating(fleet: fakes.FakeFleet) -> list[tuple[str, str]]:
+    """The commands that changed something on the fake fleet."""
+    import re
+
+    verbs = re.compile(r"qm (start|stop|shutdown|set)|apt-get -y|systemctl start")
+    return [(h, c) for h, c in fleet.commands if verbs.search(c)]
+
+
+STAGES = ("preflight", "guest_agent", "patch", "restart", "verify")

@@ -1,0 +1,92 @@
+"""The JSON-lines ledger: written as the run goes, complete, and honest about an interruption."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import fakes
+import pytest
+import reportkit
+from pvepatch import ledger
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture
+def suite(pytester):
+    return reportkit.make_suite(pytester)
+
+
+def test_ledger_has_run_start_a_record_per_stage_per_vm_and_run_end(suite):
+    fleet = reportkit.fleet_of(3)
+    result, html = reportkit.run(suite, fleet, "-m", "patch")
+    lines = html.with_suffix(".jsonl").read_text().splitlines()
+    records = [ledger.read_line(line) for line in lines]  # every line parses on its own
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert records[0]["type"] == "run_start" and records[-1]["type"] == "run_end"
+    assert records[0]["header"]["mode"] == "patch"
+    stages = [(r["vm"], r["stage"]) for r in records if r["type"] == "stage"]
+    assert stages == [
+        (vm, stage) for vm in ("pbs", "pihole", "pihole-backup") for stage in reportkit.STAGES
+    ]
+    starts = [(r["vm"], r["stage"]) for r in records if r["type"] == "stage_start"]
+    assert starts == stages
+    tests = sum(len(r["tests"]) for r in records if r["type"] == "stage")
+    assert tests == sum(result.parseoutcomes().values())
+    end = records[-1]
+    assert end["verdict"] == "passed" and end["exit_status"] == 0
+    assert end["mutating_commands_sent"] == len(reportkit.mutating(fleet))
+    patch = next(r for r in records if r["type"] == "stage" and r["stage"] == "patch")
+    assert any("dist-upgrade" in c["command"] and c["transcript"] for c in patch["guest_commands"])
+    restart = next(r for r in records if r["type"] == "stage" and r["stage"] == "restart")
+    assert [c["command"].split()[:2] for c in restart["qm_commands"]][-5:] != []
+    assert {"qm", "shutdown"} <= {w for c in restart["qm_commands"] for w in c["command"].split()}
+
+
+class SigtermAtStart(fakes.FakeFleet):
+    """SIGTERM to ourselves when `qm start <vmid>` is first sent: between stop and start."""
+
+    def __init__(self, vms, vmid):
+        super().__init__(vms)
+        self.vmid, self.signalled = vmid, False
+
+    def pve(self, command):
+        if command.startswith(f"qm start {self.vmid}") and not self.signalled:
+            self.signalled = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().pve(command)
+
+
+def test_sigterm_during_restart_leaves_a_ledger_that_says_so(suite):
+    fleet = reportkit.fleet_of(3, lambda vms: SigtermAtStart(vms, 102))
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        result, html = reportkit.run(suite, fleet, "-m", "patch", no_reraise_ctrlc=True)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    records = ledger.read(html.with_suffix(".jsonl"))
+    end = records[-1]
+    assert end["type"] == "run_end" and end["verdict"] == "interrupted"
+    assert end["interrupted"]["vm"] == "pihole" and end["interrupted"]["stage"] == "restart"
+    assert end["interrupted"]["vm_status_after"] == "running"  # started again by the cycle
+    assert end["vms"]["pihole"]["verdict"] == "interrupted"
+    last_stage = [r for r in records if r["type"] == "stage"][-1]
+    assert (last_stage["vm"], last_stage["stage"], last_stage["status"]) == (
+        "pihole", "restart", "interrupted",
+    )  # fmt: skip
+    assert fleet.vms["pihole"].running
+    assert fleet.vms["pihole-backup"].pid == 1000  # nothing after the interruption
+    assert "interrupted" in html.read_text()
+
+
+def test_a_killed_run_leaves_valid_lines_and_a_torn_last_line_is_ignored(tmp_path):
+    path = tmp_path / "run.jsonl"
+    book = ledger.Ledger(path, "run-1")
+    book.write("run_start", mode="patch")
+    book.write("stage_start", vm="pbs", stage="restart")
+    with path.open("a") as f:
+        f.write('{"type": "stage", "vm": "pb')  # killed mid-write
+    assert [r["type"] for r in ledger.read(path)] == ["run_start", "stage_start"]
+    assert ledger.verdict(ledger.read(path)) == "incomplete (no run end: killed?)"
