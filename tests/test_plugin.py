@@ -76,10 +76,12 @@ def test_collect_orders_stages_vm_by_vm(suite, fleet):
     assert pbs_files == sorted(pbs_files)  # test_10 < test_20 < ... < test_50
     assert {f.rsplit("/", 1)[1] for f in pbs_files} == {
         "test_10_preflight.py",
+        "test_15_preflight_lock.py",
         "test_20_guest_agent.py",
         "test_30_patch.py",
         "test_40_restart.py",
         "test_50_verify.py",
+        "test_55_restart_proof.py",
     }
     assert fleet.connects == []
 

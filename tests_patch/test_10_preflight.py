@@ -48,15 +48,6 @@ def test_vmid_binding_by_agent_hostname(cycle, target, record):
     )
 
 
-def test_vm_not_locked(cycle, target, options, patch_run):
-    if not patch_run:
-        pytest.skip("a Proxmox lock matters only to a patch run")
-    lock = cycle.qm().config().get("lock")
-    if options.skiplock:
-        pytest.skip(f"--skiplock given (lock: {lock or 'none'})")
-    assert lock is None, f"VM {target.vmid} is locked ({lock}) on {target.proxmox.name}"
-
-
 def test_free_space_on_root(cycle, options):
     free = cycle.guest().free_mb("/")
     assert free >= options.min_free_root_mb, (
