@@ -6,12 +6,12 @@ set -euo pipefail
 PROJECT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$PROJECT/.venv"
 APT_PACKAGES=(qemu-system-x86 qemu-utils debootstrap openssh-server openssh-client dpkg-dev
-              e2fsprogs iproute2 python3-venv ca-certificates)
+              e2fsprogs iproute2 python3-venv ca-certificates chromium)
 # Which command proves each package is there (package -> file).
 declare -A PROBE=([qemu-system-x86]=/usr/bin/qemu-system-x86_64 [qemu-utils]=/usr/bin/qemu-img
                   [debootstrap]=/usr/sbin/debootstrap [openssh-server]=/usr/sbin/sshd
                   [openssh-client]=/usr/bin/ssh-keygen [dpkg-dev]=/usr/bin/dpkg-scanpackages
-                  [e2fsprogs]=/sbin/mke2fs [iproute2]=/sbin/ip)
+                  [e2fsprogs]=/sbin/mke2fs [iproute2]=/sbin/ip [chromium]=/usr/bin/chromium)
 
 say() { printf '[setup] %s\n' "$*"; }
 
