@@ -44,22 +44,29 @@ def test_ledger_has_run_start_a_record_per_stage_per_vm_and_run_end(suite):
     assert {"qm", "shutdown"} <= {w for c in restart["qm_commands"] for w in c["command"].split()}
 
 
-class SigtermAtStart(fakes.FakeFleet):
-    """SIGTERM to ourselves when `qm start <vmid>` is first sent: between stop and start."""
+class SigtermAt(fakes.FakeFleet):
+    """SIGTERM to ourselves at the first `qm <verb> <vmid>`: before a start (VM stopped), or
+    inside a shutdown once the VM has stopped (the reply never arrives)."""
 
-    def __init__(self, vms, vmid):
+    def __init__(self, vms, command):
         super().__init__(vms)
-        self.vmid, self.signalled = vmid, False
+        self.command, self.signalled = command, False
 
     def pve(self, command):
-        if command.startswith(f"qm start {self.vmid}") and not self.signalled:
+        hit = command.startswith(self.command) and not self.signalled
+        if hit and self.command.startswith("qm start"):
             self.signalled = True
             os.kill(os.getpid(), signal.SIGTERM)
-        return super().pve(command)
+        result = super().pve(command)
+        if hit and not self.signalled:
+            self.signalled = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
 
 
-def test_sigterm_during_restart_leaves_a_ledger_that_says_so(suite):
-    fleet = reportkit.fleet_of(3, lambda vms: SigtermAtStart(vms, 102))
+@pytest.mark.parametrize("at", ["qm start 102", "qm shutdown 102"])
+def test_sigterm_during_restart_leaves_a_ledger_that_says_so(suite, at):
+    fleet = reportkit.fleet_of(3, lambda vms: SigtermAt(vms, at))
     handler = signal.getsignal(signal.SIGTERM)
     try:
         result, html = reportkit.run(suite, fleet, "-m", "patch", no_reraise_ctrlc=True)

@@ -138,9 +138,11 @@ class VMCycle:
         self.record.facts["kernel_before"] = guest.kernel()
         self.record.facts["qemu_pid_before"] = qm.run_status().pid
         try:
+            # Down from the moment the shutdown is sent: an interruption inside `qm shutdown`
+            # must also start the VM again (and a VM left stopped must be reported).
+            self.fleet.down[self.target.name] = "shut down by this run for its restart"
             if not self._take_down(qm, outcome):
                 return outcome
-            self.fleet.down[self.target.name] = "stopped by this run for its restart"
             time.sleep(opts.restart_pause)
             outcome.mark("start_sent")
             outcome.start = qm.start(skiplock=opts.skiplock)
