@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +74,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pvepatch", "pvepatch: patch and verify Proxmox VMs")
     group.addoption(
         "--inventory",
-        default=None,
+        default=os.environ.get("PVEPATCH_INVENTORY"),
         metavar="PATH",
-        help="Ansible YAML inventory (default: inventory.yaml in the rootdir)",
+        help="Ansible YAML inventory (default: $PVEPATCH_INVENTORY, else inventory.yaml in the "
+        "rootdir); outside the project directory write --inventory=PATH",
     )
     group.addoption(
         "--group",
