@@ -1,12 +1,12 @@
-"""End to end: a two-VM lab really boots, answers with pinned keys, and every fault really bites.
+"""The lab itself, end to end: its VMs answer with pinned keys, and every fault really bites.
 
-The tests run in file order against one lab (module fixture); later tests build on the faults
-earlier ones injected, as an operator's session would.
+The tests run in file order on the session's lab (tests/lab/conftest.py), on pbs and pihole;
+later tests build on the faults earlier ones injected, as an operator's session would. The
+module ends by resetting both VMs, so the next module finds a fresh fleet.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,24 +16,18 @@ import pytest
 from pvelab import fleet
 from pvelab.bootwait import poll
 from pvelab.lab import Lab
-from pvelab.paths import LabPaths
 
 pytestmark = pytest.mark.lab
 
-BASE = int(os.environ.get("PVELAB_TEST_PORT_BASE", "27000"))
 VMS = ["pbs", "pihole"]
 PBS, PIHOLE = fleet.by_name("pbs"), fleet.by_name("pihole")
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """A lab of pbs + pihole in a fresh directory on ports BASE..; brought down afterwards."""
-    the_lab = Lab(LabPaths(tmp_path_factory.mktemp("lab")), base=BASE)
-    try:
-        the_lab.up(VMS, timeout=420)
-        yield the_lab
-    finally:
-        the_lab.down()
+@pytest.fixture(scope="module", autouse=True)
+def fresh_afterwards(lab: Lab) -> Iterator[None]:
+    """Leave pbs and pihole as fresh as the other modules expect them."""
+    yield
+    lab.reset(VMS, timeout=420)
 
 
 def resolve(port: int, name: str, tcp: bool = True) -> str | None:
@@ -59,8 +53,8 @@ def test_ssh_with_pinned_key_works(lab: Lab) -> None:
 
 def test_changed_host_key_is_refused(lab: Lab, tmp_path: Path) -> None:
     pinned = lab.paths.known_hosts.read_text()
-    wrong = pinned.replace(f"[127.0.0.1]:{BASE + 101} ", "#").replace(
-        f"[127.0.0.1]:{BASE + 102} ", f"[127.0.0.1]:{BASE + 101} "
+    wrong = pinned.replace(f"[127.0.0.1]:{lab.base + 101} ", "#").replace(
+        f"[127.0.0.1]:{lab.base + 102} ", f"[127.0.0.1]:{lab.base + 101} "
     )
     lab.paths.known_hosts.write_text(wrong)
     try:
@@ -79,14 +73,14 @@ def test_each_vm_has_its_own_host_key(lab: Lab) -> None:
     keys = [lab.guest_run(vm, "cat /etc/ssh/ssh_host_ed25519_key.pub")[1].split()[1] for vm in VMS]
     assert keys[0] != keys[1]
     for vm, key in zip(VMS, keys, strict=True):
-        assert f"[127.0.0.1]:{fleet.by_name(vm).ssh_port(BASE)} ssh-ed25519 {key}" in (
+        assert f"[127.0.0.1]:{fleet.by_name(vm).ssh_port(lab.base)} ssh-ed25519 {key}" in (
             lab.paths.known_hosts.read_text()
         )
 
 
 def test_qm_list_over_pve_ssh_shows_vms_running(lab: Lab) -> None:
     rows = {line.split()[1]: line.split()[2] for line in lab.qm("list").stdout.splitlines()[1:]}
-    assert rows == {"pbs": "running", "pihole": "running"}
+    assert {vm: rows.get(vm) for vm in VMS} == {"pbs": "running", "pihole": "running"}
 
 
 def test_qm_log_records_the_starts(lab: Lab) -> None:
@@ -106,14 +100,14 @@ def test_agent_answers_through_qm(lab: Lab) -> None:
 
 
 def test_pihole_resolves_and_blocks(lab: Lab) -> None:
-    port = PIHOLE.dns_port(BASE)
+    port = PIHOLE.dns_port(lab.base)
     assert resolve(port, "pi.hole") is not None
     assert resolve(port, "ads.example.com") == "0.0.0.0"
 
 
 def test_fault_dns_down_silences_dns(lab: Lab) -> None:
     lab.fault("dns-down", "pihole")
-    assert resolve(PIHOLE.dns_port(BASE), "pi.hole") is None
+    assert resolve(PIHOLE.dns_port(lab.base), "pi.hole") is None
     assert lab.guest_run("pihole", "systemctl is-enabled dnsmasq")[1].strip() == "masked"
 
 
@@ -163,7 +157,7 @@ def test_reset_undoes_faults(lab: Lab) -> None:
     lab.reset(VMS, timeout=420)
     assert lab.guest_run("pbs", "true")[0] == 0
     assert lab.qm("guest", "cmd", 102, "ping", check=False).ok
-    assert resolve(PIHOLE.dns_port(BASE), "pi.hole") is not None
+    assert resolve(PIHOLE.dns_port(lab.base), "pi.hole") is not None
     assert lab.guest_run("pihole", "dpkg --audit")[1].strip() == ""
 
 
