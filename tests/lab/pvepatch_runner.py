@@ -30,12 +30,13 @@ class PvepatchRun:
 
 def run_pvepatch(inventory: Path, *args: str, workdir: Path, timeout: float = 1800) -> PvepatchRun:
     junit = workdir / f"junit-{len(list(workdir.glob('junit-*.xml')))}.xml"
+    # `--inventory=PATH` in one word: pytest takes a separate option value for a test path when
+    # it looks for its rootdir, before the plugin's options are known (see README).
     cmd = [
         sys.executable,
         "-m",
         "pytest",
-        "--inventory",
-        str(inventory),
+        f"--inventory={inventory}",
         f"--junitxml={junit}",
         "-p",
         "no:cacheprovider",
