@@ -20,4 +20,5 @@ def lab() -> Lab:
     else:
         lab.up(log=log)
     yield lab
-    lab.down(log=lambda line: print(f"[pvelab] {line}", flush=True))
+    if not os.environ.get("PVELAB_E2E_REUSE"):
+        lab.down(log=log)
