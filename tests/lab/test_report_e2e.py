@@ -1,7 +1,7 @@
 """End to end: the report and the ledger of a real patch run hold the guest's real facts; a
 SIGTERM mid-restart leaves a ledger that says so; headless Chromium renders the report.
 
-Runs after test_e2e.py (which leaves faults behind): it starts from a fresh pbs.
+Runs after test_2_pvepatch_e2e.py (which leaves faults behind): it starts from a fresh pbs.
 PVEPATCH_REPORT_LAB=<dir> runs it against a lab of one's own (developing) instead of the session lab.
 """
 
