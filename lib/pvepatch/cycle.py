@@ -254,6 +254,14 @@ class VMCycle:
         if self.target.name not in self.fleet.down:
             return
         try:
+            # A shutdown sent just before the interruption may still be under way on the host:
+            # let it finish (bounded) rather than find the VM "already running" and then stopped.
+            deadline = time.monotonic() + min(self.options.shutdown_timeout, 90)
+            while self._status(qm) == "running" and time.monotonic() < deadline:
+                time.sleep(2)
+            if self._status(qm) == "running":
+                outcome.errors["interrupted"] = "run interrupted; the VM is still running"
+                return
             result = qm.start(skiplock=self.options.skiplock)
             outcome.errors["interrupted"] = (
                 f"run interrupted; VM started again (qm start rc={result.rc})"

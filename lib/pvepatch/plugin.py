@@ -48,6 +48,7 @@ class Run:
     fleet: Fleet = field(default_factory=Fleet)
     records: dict[str, VMRecord] = field(default_factory=dict)
     cycles: dict[str, VMCycle] = field(default_factory=dict)
+    last_item: dict[str, str] = field(default_factory=dict)  # VM name -> its last test's nodeid
     deselected_mutating: int = 0
     started: float = field(default_factory=lambda: dt.datetime.now().timestamp())
 
@@ -310,6 +311,10 @@ def pytest_collection_modifyitems(
         )
 
     items[:] = sorted(keep, key=key)
+    for item in items:
+        target = _target_of(item)
+        if target is not None:
+            run.last_item[target.name] = item.nodeid
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -361,6 +366,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     report = yield
     run = item.config.stash.get(RUN_KEY, None)
     target, stage = _target_of(item), stage_of(item)
+    if run is not None and target is not None and call.when == "teardown":
+        if run.last_item.get(target.name) == item.nodeid:
+            run.record(target).completed = True
     if run is None or target is None or stage is None or not report.failed:
         return report
     record = run.record(target)
@@ -445,6 +453,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             verdict = "not run"
         elif record.failed:
             verdict = f"FAILED ({record.failed})"
+        elif not record.completed:
+            verdict = "INTERRUPTED (its stages did not all run)"
         else:
             verdict = "ok"
         tr.write_line(f"  {target}: {verdict}")

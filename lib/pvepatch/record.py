@@ -93,6 +93,7 @@ class VMRecord:
     target: Target
     failed: str | None = None
     failed_stage: int | None = None
+    completed: bool = False  # its last selected test has run (False after an interruption)
     facts: dict[str, Any] = field(default_factory=dict)
     agent: AgentOutcome | None = None
     apt: AptRun | None = None

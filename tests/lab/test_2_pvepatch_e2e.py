@@ -151,16 +151,33 @@ def test_missing_vmid_aborts_before_any_connection(lab, workdir):
     assert lab.qm_log()[mark:] == []
 
 
-def test_wrong_binding_is_refused_before_any_restart(lab, workdir):
+def test_duplicate_vmid_aborts_before_any_connection(lab, workdir):
     inventory = edited_inventory(
-        lab, workdir, "wrong-vmid.yaml", lambda hosts: hosts["pbs"].update(vmid=105)
+        lab, workdir, "dup-vmid.yaml", lambda hosts: hosts["pbs"].update(vmid=105)
     )
+    mark = len(lab.qm_log())
+    result = run_pvepatch(inventory, "-m", "patch", workdir=workdir)
+    assert result.rc != 0
+    assert "host 'pbs': 'vmid' 105 on Proxmox host 'pve' is also the vmid of 'grafana'" in (
+        result.output
+    )
+    assert lab.qm_log()[mark:] == []
+
+
+def test_wrong_binding_is_refused_before_any_restart(lab, workdir):
+    """pbs carries grafana's vmid (grafana is not in this inventory): the guest SSH reaches is not
+    the VM that vmid names, so pvepatch refuses before touching either."""
+
+    def swap(hosts):
+        hosts.pop("grafana")
+        hosts["pbs"]["vmid"] = 105
+
+    inventory = edited_inventory(lab, workdir, "wrong-vmid.yaml", swap)
     mark = len(lab.qm_log())
     result = run_pvepatch(inventory, "-m", "patch", "--limit", "pbs", workdir=workdir)
     assert result.rc != 0
-    assert {"test_vmid_binding_by_mac", "test_vmid_binding_by_agent_hostname"} <= result.failed(
-        "pbs"
-    )
+    failed = result.failed("pbs")
+    assert {"test_vmid_binding_by_mac", "test_vmid_binding_by_agent_hostname"} <= failed
     assert "wrong binding" in result.message("test_vmid_binding_by_mac", "pbs")
     assert not qm_calls(lab, mark, MUTATING_QM)
 
