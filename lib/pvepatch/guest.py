@@ -60,7 +60,8 @@ class Guest:
 
     def macs(self) -> set[str]:
         text = self._out("cat /sys/class/net/*/address")
-        return {line.strip().lower() for line in text.splitlines() if line.strip()}
+        macs = {line.strip().lower() for line in text.splitlines() if line.strip()}
+        return macs - {"00:00:00:00:00:00"}  # loopback
 
     def free_mb(self, path: str) -> int:
         """Free megabytes on the filesystem holding `path`."""
