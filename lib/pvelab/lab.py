@@ -106,7 +106,11 @@ class Lab:
         image = self._prepare_host(log)
         for vm in selected:
             self._prepare_vm(vm, image, log)
-        inventory.write(self.paths, self.base, selected)
+        # Every VM the lab holds, not only those (re)started now: `reset(["pbs"])` must not drop
+        # the others from the inventory.
+        inventory.write(
+            self.paths, self.base, [vm for vm in FLEET if self.paths.conf(vm.vmid).exists()]
+        )
         states = self._start_vms(selected, log)
         self._wait(states, timeout, log)
         summary = self._summary(selected, states, time.monotonic() - began)
