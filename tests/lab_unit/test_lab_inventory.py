@@ -50,6 +50,7 @@ def test_pihole_group_has_dns_ports_and_names(inv: dict) -> None:
         "pihole_resolve_name": "pi.hole",
         "pihole_blocked_name": "ads.example.com",
         "pihole_service": "dnsmasq",
+        "pihole_dns_protocol": "tcp",
     }
 
 
