@@ -12,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import pytest
 from pvepatch.errors import TransportError
 from pvepatch.inventory import SSHSpec
 from pvepatch.transport import CommandResult
@@ -244,3 +245,16 @@ def standard_fleet() -> FakeFleet:
     return FakeFleet(
         [FakeVM(n, 101 + i, f"bc:24:11:00:00:{i + 1:02x}") for i, n in enumerate(names)]
     )
+
+
+class FleetPlugin:
+    """Hands the pvepatch plugin a fake fleet instead of SSH (pass in runpytest's plugins=)."""
+
+    def __init__(self, fleet: FakeFleet):
+        self.fleet = fleet
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        from pvepatch.plugin import FACTORY_KEY
+
+        config.stash[FACTORY_KEY] = self.fleet.factory

@@ -8,22 +8,10 @@ from pathlib import Path
 
 import fakes
 import pytest
-from pvepatch.plugin import FACTORY_KEY
 
 STAGES_DIR = Path(__file__).resolve().parents[1] / "tests_patch"
 FAST = ["--restart-pause", "0", "--boot-timeout", "5", "-p", "pvepatch.plugin"]
 PLUGINS = ["-p", "pvepatch.reporting", "-p", "no:cacheprovider"]
-
-
-class FleetPlugin:
-    """Hands the plugin a fake fleet instead of SSH."""
-
-    def __init__(self, fleet: fakes.FakeFleet):
-        self.fleet = fleet
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_configure(self, config: pytest.Config) -> None:
-        config.stash[FACTORY_KEY] = self.fleet.factory
 
 
 def inventory(n: int, extra_vars: str = "") -> str:
@@ -71,7 +59,7 @@ def run(
     html = suite.path / "reports" / f"pvepatch-{name}.html"
     result = suite.runpytest(
         "--inventory", "inventory.yaml", *FAST, *PLUGINS, f"--html={html}", "--self-contained-html",
-        *args, plugins=[FleetPlugin(fleet)], **kwargs,
+        *args, plugins=[fakes.FleetPlugin(fleet)], **kwargs,
     )  # fmt: skip
     return result, html
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import fakes
 import pytest
-from pvepatch.plugin import FACTORY_KEY
 
 pytest_plugins = ["pytester"]
 
@@ -27,17 +26,6 @@ all:
 FAST = ["--restart-pause", "0", "--boot-timeout", "5", "-p", "pvepatch.plugin", "-p", "no:html"]
 
 
-class FleetPlugin:
-    """Hands the plugin a fake fleet instead of SSH."""
-
-    def __init__(self, fleet: fakes.FakeFleet):
-        self.fleet = fleet
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_configure(self, config: pytest.Config) -> None:
-        config.stash[FACTORY_KEY] = self.fleet.factory
-
-
 @pytest.fixture
 def suite(pytester: pytest.Pytester):
     shutil.copytree(
@@ -55,7 +43,7 @@ def fleet() -> fakes.FakeFleet:
 
 def run(suite: pytest.Pytester, fleet: fakes.FakeFleet, *args: str) -> pytest.RunResult:
     return suite.runpytest(
-        "--inventory", "inventory.yaml", *FAST, *args, plugins=[FleetPlugin(fleet)]
+        "--inventory", "inventory.yaml", *FAST, *args, plugins=[fakes.FleetPlugin(fleet)]
     )
 
 
