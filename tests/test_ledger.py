@@ -86,7 +86,9 @@ def test_sigterm_during_restart_leaves_a_ledger_that_says_so(suite, at):
     assert fleet.vms["pihole"].running
     assert fleet.vms["pihole-backup"].pid == 1000  # nothing after the interruption
     assert "interrupted" in html.read_text()
-    result.stdout.fnmatch_lines(["*pihole (VM 102 on pve): INTERRUPTED (its stages did not all run)*"])
+    result.stdout.fnmatch_lines(
+        ["*pihole (VM 102 on pve): INTERRUPTED (its stages did not all run)*"]
+    )
 
 
 def test_a_killed_run_leaves_valid_lines_and_a_torn_last_line_is_ignored(tmp_path):
