@@ -270,7 +270,9 @@ class Lab:
         faults.check_applicable(flt, guest)
         result = None
         if flt.guest_script is not None:
-            result = self.guest_result(guest, ["sh", "-c", flt.guest_script], timeout=flt.timeout)
+            # `sync`: a fault must survive a hard power-off (qm stop) as well as a clean shutdown.
+            script = flt.guest_script + "\nsync\n"
+            result = self.guest_result(guest, ["sh", "-c", script], timeout=flt.timeout)
             if not result.ok:
                 raise CommandError(result)
         if flt.conf:

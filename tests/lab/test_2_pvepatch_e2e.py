@@ -249,15 +249,12 @@ def test_hard_stop_fallback_stops_and_starts(lab, workdir):
 
 
 def test_missing_virtio_port_and_half_configured_dpkg(lab, workdir):
-    lab.fault("virtio-missing", "pbs")
+    lab.fault("virtio-missing", "pihole-backup")
     lab.fault("dpkg-halfconf", "pihole")
     mark = len(lab.qm_log())
-    result = patch(  # pbs still ignores clean shutdowns (previous test): hard stop it again
-        lab, workdir, "--limit", "pbs,pihole", "--boot-timeout", "120",
-        "--shutdown-timeout", "20", "--hard-stop-fallback",
-    )  # fmt: skip
-    assert "test_virtio_port_back" in result.failed("pbs")
-    assert "test_ssh_back_with_new_boot" not in result.failed("pbs")
+    result = patch(lab, workdir, "--limit", "pihole,pihole-backup", "--boot-timeout", "120")
+    assert "test_virtio_port_back" in result.failed("pihole-backup")
+    assert "test_ssh_back_with_new_boot" not in result.failed("pihole-backup")
     assert "test_dpkg_audit_clean" in result.failed("pihole")
     assert not qm_calls(lab, mark, MUTATING_QM, 102)
 
