@@ -18,12 +18,15 @@ apt-get purge -y qemu-guest-agent
 ! dpkg-query -W -f '${Status}' qemu-guest-agent 2>/dev/null | grep -q 'install ok installed'
 """
 
+# The lab boots its own initrd, which loads virtio_console before the root fs is mounted, so a
+# module blacklist in the guest would not bite. udev makes the /dev/virtio-ports/<name> link:
+# override the default rules without it (and drop the link should the initrd's udev make one).
 VIRTIO_MISSING = """\
 set -e
-cat > /etc/modprobe.d/pvelab-virtio-missing.conf <<'EOF'
-# pvelab fault virtio-missing: no virtio console driver, so no /dev/virtio-ports from next boot
-blacklist virtio_console
-install virtio_console /bin/false
+sed '/virtio-ports/d' /lib/udev/rules.d/50-udev-default.rules > /etc/udev/rules.d/50-udev-default.rules
+cat > /etc/udev/rules.d/99-pvelab-virtio-missing.rules <<'EOF'
+# pvelab fault virtio-missing: no /dev/virtio-ports/org.qemu.guest_agent.0 from the next boot on
+SUBSYSTEM=="virtio-ports", ATTR{name}=="org.qemu.guest_agent.0", RUN+="/bin/rm -f /dev/virtio-ports/org.qemu.guest_agent.0"
 EOF
 """
 
@@ -115,7 +118,7 @@ FAULTS: dict[str, Fault] = {
     for f in (
         Fault("agent-missing", "qemu-guest-agent purged in the guest, `agent` off in the conf",
               AGENT_MISSING, {"agent": None}),
-        Fault("virtio-missing", "virtio_console blacklisted: no virtio port after the next boot",
+        Fault("virtio-missing", "udev makes no /dev/virtio-ports link: no virtio port after the next boot",
               VIRTIO_MISSING),
         Fault("sshd-broken", "ssh.service drop-in: sshd fails to start from the next boot on",
               SSHD_BROKEN),

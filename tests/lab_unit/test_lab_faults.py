@@ -28,11 +28,11 @@ def test_lock_backup_is_host_side_only() -> None:
     assert faults.apply_conf(f, CONF).splitlines()[-1] == "lock: backup"
 
 
-def test_virtio_missing_blacklists_virtio_console_and_nothing_else() -> None:
+def test_virtio_missing_drops_the_udev_link_and_nothing_else() -> None:
     script = faults.get("virtio-missing").guest_script
-    assert "blacklist virtio_console" in script
-    assert "install virtio_console /bin/false" in script
-    assert "update-initramfs" not in script
+    assert "sed '/virtio-ports/d' /lib/udev/rules.d/50-udev-default.rules" in script
+    assert "/etc/udev/rules.d/99-pvelab-virtio-missing.rules" in script
+    assert "update-initramfs" not in script and "modprobe" not in script
 
 
 def test_sshd_broken_is_a_drop_in_that_fails_start() -> None:
