@@ -106,11 +106,7 @@ class Apt:
         deadline = time.monotonic() + self.lock_timeout
         waits = 0
         while True:
-            result = self.transport.run(
-                apt_command("update", lock_timeout=self.lock_timeout),
-                timeout=self.command_timeout,
-                mutating=True,
-            )
+            result = self._apt("update")
             locked = any(m in result.stderr for m in LOCK_MESSAGES)
             if result.ok or not locked or time.monotonic() > deadline:
                 return result.check("apt-get update failed"), waits
@@ -118,26 +114,22 @@ class Apt:
             time.sleep(5)
 
     def dist_upgrade(self) -> CommandResult:
-        return self.transport.run(
-            apt_command("dist-upgrade", lock_timeout=self.lock_timeout),
-            timeout=self.command_timeout,
-            mutating=True,
-        ).check("apt-get dist-upgrade failed")
+        return self._apt("dist-upgrade").check("apt-get dist-upgrade failed")
 
     def autoremove(self) -> CommandResult:
-        return self.transport.run(
-            apt_command("autoremove", lock_timeout=self.lock_timeout),
-            timeout=self.command_timeout,
-            mutating=True,
-        ).check("apt-get autoremove failed")
+        return self._apt("autoremove").check("apt-get autoremove failed")
 
     def install(self, *packages: str) -> CommandResult:
         names = " ".join(_package_name(p) for p in packages)
+        return self._apt("install", names).check(f"apt-get install {names} failed")
+
+    def _apt(self, *words: str) -> CommandResult:
+        """One non-interactive apt-get call (mutating), its result unchecked."""
         return self.transport.run(
-            apt_command("install", names, lock_timeout=self.lock_timeout),
+            apt_command(*words, lock_timeout=self.lock_timeout),
             timeout=self.command_timeout,
             mutating=True,
-        ).check(f"apt-get install {names} failed")
+        )
 
     def pending_upgrades(self) -> list[str]:
         """Packages a dist-upgrade would still change (a simulation: read-only)."""
