@@ -1,7 +1,7 @@
 """Stage 1, preflight (read-only): the VM is reachable, bound right, and fit to be patched."""
 
 import pytest
-from pvepatch.qm import net_macs
+from pvepatch.proxmox.qm import net_macs
 
 pytestmark = [pytest.mark.stage("preflight"), pytest.mark.verify, pytest.mark.patch]
 

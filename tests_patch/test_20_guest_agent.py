@@ -17,7 +17,7 @@ def test_agent_package_installed(agent, cycle):
 
 
 def test_agent_enabled_in_vm_config(agent, cycle):
-    from pvepatch.qm import agent_enabled
+    from pvepatch.proxmox.qm import agent_enabled
 
     assert agent_enabled(cycle.qm().config())
 

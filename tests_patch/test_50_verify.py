@@ -1,8 +1,8 @@
 """Stage 5, verify (read-only): the VM is healthy now; in a patch run, it really restarted once."""
 
 import pytest
-from pvepatch import dns
-from pvepatch.qm import AGENT_PORT
+from pvepatch.guest import dns
+from pvepatch.proxmox.qm import AGENT_PORT
 
 pytestmark = [pytest.mark.stage("verify"), pytest.mark.verify, pytest.mark.patch]
 

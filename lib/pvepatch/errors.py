@@ -14,10 +14,21 @@ PvepatchError
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from pvepatch.transport import CommandResult
+
+class CommandResult(Protocol):
+    """What an error needs of a command's result (transport.command.CommandResult has it);
+    a protocol here, so errors import nothing of pvepatch."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def rc(self) -> int: ...
+
+    @property
+    def stderr(self) -> str: ...
 
 
 class PvepatchError(Exception):

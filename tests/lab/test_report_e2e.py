@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 from pvelab.lab import Lab
 from pvelab.paths import LabPaths
-from pvepatch import ledger
+from pvepatch.audit import ledger
 from pvepatch_runner import PROJECT, run_pvepatch
 
 pytestmark = pytest.mark.lab

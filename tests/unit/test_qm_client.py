@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pvepatch.errors import QmError
-from pvepatch.qm import (
+from pvepatch.proxmox.qm import (
     Qm,
     RunStatus,
     agent_enabled,
@@ -14,7 +14,7 @@ from pvepatch.qm import (
     parse_key_values,
     parse_qm_status,
 )
-from pvepatch.transport import CommandResult
+from pvepatch.transport.command import CommandResult
 
 # From ../shared/reference/proxmox-qm.md (sections 1.7, 1.9, 1.10, 1.12).
 OSINFO = """{
@@ -87,7 +87,7 @@ class Recorder:
         self.calls: list[tuple[str, bool, float]] = []
 
     def run(self, command, *args, timeout=60.0, mutating=False):
-        from pvepatch.transport import quote
+        from pvepatch.transport.command import quote
 
         text = quote(command, *args)
         self.calls.append((text, mutating, timeout))

@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pvepatch.apt import AptRun
+from pvepatch.guest.apt import AptRun
 from pvepatch.inventory import Target
-from pvepatch.transport import CommandResult
+from pvepatch.transport.command import CommandResult
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-STAGES = Path(__file__).resolve().parents[1] / "tests_patch"
+STAGES = Path(__file__).resolve().parents[2] / "tests_patch"
 INVENTORY = """
 all:
   children:

@@ -8,7 +8,7 @@ import signal
 import fakes
 import pytest
 import reportkit
-from pvepatch import ledger
+from pvepatch.audit import ledger
 
 pytest_plugins = ["pytester"]
 

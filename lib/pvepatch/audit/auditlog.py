@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from pvepatch.ledger import Ledger, iso
-from pvepatch.plugin import Run
-from pvepatch.redact import Redactor
-from pvepatch.report import write_index, write_transcript
-from pvepatch.summary import (
+from pvepatch.audit.html import write_index, write_transcript
+from pvepatch.audit.ledger import Ledger, iso
+from pvepatch.audit.redact import Redactor
+from pvepatch.audit.summary import (
     StageResult,
     TestResult,
     command_facts,
@@ -24,7 +23,8 @@ from pvepatch.summary import (
     vm_facts,
     vm_verdict,
 )
-from pvepatch.transport import CommandResult
+from pvepatch.plugin import Run
+from pvepatch.transport.command import CommandResult
 
 TRANSCRIPT_LINES = 20  # a guest command with more output than this gets its own file
 INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED

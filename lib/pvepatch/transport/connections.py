@@ -7,7 +7,13 @@ from pathlib import Path
 
 from pvepatch.errors import TransportError
 from pvepatch.inventory import SSHSpec, Target
-from pvepatch.transport import CommandResult, GuardedTransport, ReadOnlyGuard, Transport, quote
+from pvepatch.transport.command import (
+    CommandResult,
+    GuardedTransport,
+    ReadOnlyGuard,
+    Transport,
+    quote,
+)
 
 TransportFactory = Callable[[str, SSHSpec], Transport]
 
@@ -35,7 +41,7 @@ def ssh_factory(
     known_hosts: Sequence[Path], accept_new: bool, connect_timeout: float
 ) -> TransportFactory:
     """Build paramiko transports (imported here so unit tests with fakes never need it)."""
-    from pvepatch.ssh import SSHTransport
+    from pvepatch.transport.ssh import SSHTransport
 
     def make(name: str, spec: SSHSpec) -> Transport:
         transport = SSHTransport(name, spec, known_hosts, accept_new, connect_timeout)

@@ -10,7 +10,7 @@ import paramiko
 import pytest
 from pvepatch.errors import CommandTimeout, HostKeyError
 from pvepatch.inventory import SSHSpec
-from pvepatch.ssh import SSHTransport
+from pvepatch.transport.ssh import SSHTransport
 
 
 class _Server(paramiko.ServerInterface):
@@ -112,7 +112,7 @@ def transport(sshd, keys, known_hosts: Path, accept_new=False) -> SSHTransport:
 
 @pytest.fixture(autouse=True)
 def no_user_known_hosts(monkeypatch, tmp_path):
-    monkeypatch.setattr("pvepatch.ssh.DEFAULT_KNOWN_HOSTS", tmp_path / "user_known_hosts")
+    monkeypatch.setattr("pvepatch.transport.ssh.DEFAULT_KNOWN_HOSTS", tmp_path / "user_known_hosts")
 
 
 def test_known_key_connects_and_runs(sshd, keys, tmp_path):

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from _pytest.mark.expression import Expression
 
-from pvepatch.connections import Connections, TransportFactory, ssh_factory
-from pvepatch.cycle import Fleet, Options, VMCycle
+from pvepatch.cycle.actions import Fleet, Options, VMCycle
+from pvepatch.cycle.record import VMRecord
 from pvepatch.errors import InventoryError
 from pvepatch.inventory import DEFAULT_GROUP, Inventory, Target, load_inventory
-from pvepatch.record import VMRecord
-from pvepatch.transport import ReadOnlyGuard
+from pvepatch.transport.command import ReadOnlyGuard
+from pvepatch.transport.connections import Connections, TransportFactory, ssh_factory
 
 # The stages, in order; the mutating ones run only when selected with `-m patch`.
 STAGES: dict[str, tuple[int, bool]] = {

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pvepatch import ledger
-from pvepatch.summary import STAGE_NAMES
+from pvepatch.audit import ledger
+from pvepatch.audit.summary import STAGE_NAMES
 
 STYLE = """<style>
 .pvepatch{color:#000}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pvepatch.errors import QmError
-from pvepatch.transport import CommandResult, Transport
+from pvepatch.transport.command import CommandResult, Transport
 
 AGENT_PORT = "/dev/virtio-ports/org.qemu.guest_agent.0"
 # Timeout of the SSH command around a `qm` task, beyond the task's own --timeout.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fakes
 import reportkit
-from pvepatch.redact import MASK, Redactor
+from pvepatch.audit.redact import MASK, Redactor
 
 pytest_plugins = ["pytester"]
 

@@ -8,7 +8,7 @@ import pytest
 from pvepatch.errors import InventoryError
 from pvepatch.inventory import load_inventory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from pvepatch import report as html_report
-from pvepatch.auditlog import AuditLog
+from pvepatch.audit import html as html_report
+from pvepatch.audit.auditlog import AuditLog
+from pvepatch.audit.redact import Redactor
 from pvepatch.plugin import RUN_KEY, patch_selected, stage_of
-from pvepatch.redact import Redactor
 
 AUDIT_KEY = pytest.StashKey[AuditLog]()
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pvepatch
-from pvepatch.ledger import iso
-from pvepatch.record import VMRecord
-from pvepatch.transport import CommandResult, tail
+from pvepatch.audit.ledger import iso
+from pvepatch.cycle.record import VMRecord
+from pvepatch.transport.command import CommandResult, tail
 
 STAGE_NAMES = ("preflight", "guest_agent", "patch", "restart", "verify")
 TAIL_LINES = 5

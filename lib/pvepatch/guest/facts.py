@@ -8,8 +8,8 @@ import testinfra.host
 from testinfra.backend.base import BaseBackend
 from testinfra.backend.base import CommandResult as TestinfraResult
 
-from pvepatch.qm import AGENT_PORT
-from pvepatch.transport import CommandResult, Transport, quote
+from pvepatch.proxmox.qm import AGENT_PORT
+from pvepatch.transport.command import CommandResult, Transport, quote
 
 
 class TransportBackend(BaseBackend):

@@ -9,9 +9,9 @@ from pathlib import Path
 import fakes
 import pytest
 
-STAGES_DIR = Path(__file__).resolve().parents[1] / "tests_patch"
+STAGES_DIR = Path(__file__).resolve().parents[2] / "tests_patch"
 FAST = ["--restart-pause", "0", "--boot-timeout", "5", "-p", "pvepatch.plugin"]
-PLUGINS = ["-p", "pvepatch.reporting", "-p", "no:cacheprovider"]
+PLUGINS = ["-p", "pvepatch.audit.reporting", "-p", "no:cacheprovider"]
 
 
 def inventory(n: int, extra_vars: str = "") -> str:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from pvepatch.apt import Apt, apt_command, diff_packages, parse_dpkg_query
 from pvepatch.errors import ReadOnlyViolation
-from pvepatch.transport import CommandResult, GuardedTransport, ReadOnlyGuard, looks_mutating, quote
+from pvepatch.guest.apt import Apt, apt_command, diff_packages, parse_dpkg_query
+from pvepatch.transport.command import (
+    CommandResult,
+    GuardedTransport,
+    ReadOnlyGuard,
+    looks_mutating,
+    quote,
+)
 
 
 def test_apt_command_is_fully_non_interactive():
@@ -66,7 +72,7 @@ class Scripted:
 
 
 def test_update_retries_while_the_lists_lock_is_held(monkeypatch):
-    monkeypatch.setattr("pvepatch.apt.time.sleep", lambda s: None)
+    monkeypatch.setattr("pvepatch.guest.apt.time.sleep", lambda s: None)
     held = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 812 (apt-get)\n"
     t = Scripted((100, held), (100, held), (0, ""))
     result, waits = Apt(t).update()
@@ -74,7 +80,7 @@ def test_update_retries_while_the_lists_lock_is_held(monkeypatch):
 
 
 def test_update_does_not_retry_other_errors(monkeypatch):
-    monkeypatch.setattr("pvepatch.apt.time.sleep", lambda s: None)
+    monkeypatch.setattr("pvepatch.guest.apt.time.sleep", lambda s: None)
     t = Scripted((100, "E: The repository 'http://x ./ Release' does not have a Release file.\n"))
     with pytest.raises(Exception, match="apt-get update failed"):
         Apt(t).update()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from pvepatch.transport import CommandResult, Transport
+from pvepatch.transport.command import CommandResult, Transport
 
 # Environment for every apt/dpkg call: no debconf prompts, no needrestart dialogs or service
 # restarts (qemu-guest-agent must not be restarted under us), no apt-listchanges pager, and

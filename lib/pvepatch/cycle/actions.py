@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from pvepatch.apt import Apt, AptRun, diff_packages
-from pvepatch.connections import Connections, RecordingTransport
+from pvepatch.cycle.record import AgentOutcome, RestartOutcome, VMRecord
+from pvepatch.cycle.wait import wait_for
 from pvepatch.errors import PvepatchError, TransportError
-from pvepatch.guest import Guest
+from pvepatch.guest.apt import Apt, AptRun, diff_packages
+from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
-from pvepatch.qm import AGENT_PORT, Qm, agent_enabled
-from pvepatch.record import AgentOutcome, RestartOutcome, VMRecord
-from pvepatch.wait import wait_for
+from pvepatch.proxmox.qm import AGENT_PORT, Qm, agent_enabled
+from pvepatch.transport.connections import Connections, RecordingTransport
 
 AGENT_PACKAGE = "qemu-guest-agent"
 AGENT_SERVICE = "qemu-guest-agent"

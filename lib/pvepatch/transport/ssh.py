@@ -13,7 +13,7 @@ import paramiko
 
 from pvepatch.errors import CommandTimeout, HostKeyError, TransportError
 from pvepatch.inventory import SSHSpec
-from pvepatch.transport import CommandResult, quote
+from pvepatch.transport.command import CommandResult, quote
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts").expanduser()
 

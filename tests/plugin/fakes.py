@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 from pvepatch.errors import TransportError
 from pvepatch.inventory import SSHSpec
-from pvepatch.transport import CommandResult
+from pvepatch.transport.command import CommandResult
 
 
 @dataclass
@@ -230,7 +230,7 @@ class FakeTransport:
     def run(
         self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False
     ) -> CommandResult:
-        from pvepatch.transport import quote
+        from pvepatch.transport.command import quote
 
         text = quote(command, *args)
         rc, out, err = self.fleet.run(self.host, text)

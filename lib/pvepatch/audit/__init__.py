@@ -1,0 +1,1 @@
+"""The audit record: ledger, HTML report, JUnit properties, transcripts, redaction."""
