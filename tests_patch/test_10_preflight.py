@@ -1,13 +1,20 @@
 """Stage 1, preflight (read-only): the VM is reachable, bound right, and fit to be patched."""
 
 import pytest
-from pvepatch.proxmox.qm import net_macs
 
 pytestmark = [pytest.mark.stage("preflight"), pytest.mark.verify, pytest.mark.patch]
 
 
+@pytest.fixture
+def binding(record, cycle):
+    """The binding as Proxmox and the guest report it (observed once per VM, read-only)."""
+    record.binding = record.once("binding", cycle.observe_binding)
+    return record.binding
+
+
 def test_ssh_answers_with_verified_host_key(cycle):
     assert cycle.guest().answers().ok
+    assert cycle.guest().host_key(), "the SSH connection verified no host key"
 
 
 def test_proxmox_host_answers(cycle, target):
@@ -23,28 +30,21 @@ def test_vm_is_running(cycle, target):
     )
 
 
-def test_vmid_binding_by_mac(cycle, target, record):
+def test_vmid_binding_by_mac(binding, target):
     """The NIC MACs Proxmox configured for this vmid are the guest's own MACs."""
-    configured = net_macs(cycle.qm().config())
-    seen = cycle.guest().macs()
-    record.facts["binding_macs"] = sorted(configured & seen)
-    assert configured & seen, (
-        f"wrong binding: VM {target.vmid} on {target.proxmox.name} has NIC MAC(s) {sorted(configured)}, "
-        f"but the guest reached at {target.ssh} has {sorted(seen)}"
+    assert set(binding.macs) & set(binding.guest_macs), (
+        f"wrong binding: VM {target.vmid} on {target.proxmox.name} has NIC MAC(s) {binding.macs}, "
+        f"but the guest reached at {target.ssh} has {binding.guest_macs}"
     )
 
 
-def test_vmid_binding_by_agent_hostname(cycle, target, record):
+def test_vmid_binding_by_agent_hostname(binding, target):
     """The host name the guest agent of this vmid reports is the one SSH reports."""
-    qm = cycle.qm()
-    if not qm.agent_ping().ok:
+    if not binding.agent_answers:
         pytest.skip(f"guest agent of VM {target.vmid} does not answer yet; binding checked by MAC")
-    via_agent = qm.agent_host_name()
-    via_ssh = cycle.guest().hostname()
-    record.facts["hostname"] = via_ssh
-    assert via_agent == via_ssh, (
-        f"wrong binding: VM {target.vmid} on {target.proxmox.name} is '{via_agent}', "
-        f"but SSH to {target.ssh} reaches '{via_ssh}'"
+    assert binding.agent_hostname == binding.ssh_hostname, (
+        f"wrong binding: VM {target.vmid} on {target.proxmox.name} is '{binding.agent_hostname}', "
+        f"but SSH to {target.ssh} reaches '{binding.ssh_hostname}'"
     )
 
 

@@ -1,6 +1,7 @@
 """Stage 2, guest agent (patch): qemu-guest-agent installed, enabled in the VM config, running."""
 
 import pytest
+from pvepatch.proxmox.parse import agent_enabled
 
 pytestmark = [pytest.mark.stage("guest_agent"), pytest.mark.patch]
 
@@ -17,8 +18,6 @@ def test_agent_package_installed(agent, cycle):
 
 
 def test_agent_enabled_in_vm_config(agent, cycle):
-    from pvepatch.proxmox.qm import agent_enabled
-
     assert agent_enabled(cycle.qm().config())
 
 

@@ -9,7 +9,7 @@ PvepatchError
  |    +-- QmError            `qm` on the Proxmox host failed
  +-- WaitTimeout             a wait reached its deadline (says what it waited for)
  +-- ReadOnlyViolation       a mutating command was attempted in a read-only run
- +-- SafetyRefusal           pvepatch refused an action to keep the fleet safe
+ +-- SafetyRefusal           a mutating action whose preconditions were not proven
 """
 
 from __future__ import annotations
@@ -109,4 +109,9 @@ class ReadOnlyViolation(PvepatchError):
 
 
 class SafetyRefusal(PvepatchError):
-    """pvepatch refused an action that would break a safety rule."""
+    """A mutating action was refused: its preconditions could not be proven right before it."""
+
+    def __init__(self, vmid: int, reason: str):
+        self.vmid = vmid
+        self.reason = reason
+        super().__init__(f"refused for VM {vmid}: {reason}; nothing was sent")

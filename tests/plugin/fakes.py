@@ -29,7 +29,9 @@ class FakeVM:
     lock: str | None = None
     ssh_up: bool = True
     ssh_after_boot: bool = True
-    ignores_shutdown: bool = False
+    ignores_shutdown: bool = False  # the guest ignores ACPI and the agent's shutdown
+    shutdown_seconds: float = 0.2  # how long a clean shutdown takes: status stays running
+    pending: dict[str, str] = field(default_factory=dict)  # applied at the next stop, like PVE
     packages: dict[str, str] = field(
         default_factory=lambda: {"bash": "5.2-1", "openssl": "3.0.1-1"}
     )
@@ -185,7 +187,8 @@ class FakeFleet:
                 f"net0: virtio={vm.mac.upper()},bridge=vmbr0",
                 "memory: 384",
             ]
-            if vm.agent_in_config:
+            agent = vm.agent_in_config or ("--current" not in words and "agent" in vm.pending)
+            if agent:
                 lines.append("agent: 1")
             if vm.lock:
                 lines.append(f"lock: {vm.lock}")
@@ -201,15 +204,25 @@ class FakeFleet:
                 return _ok(f'{{\n   "host-name" : "{vm.name}"\n}}\n')
             return _ok("")
         if verb == "set":
-            vm.agent_in_config = True  # takes effect at the next start, like PVE (port follows)
+            if vm.lock and not "--skiplock" in words:
+                return _ok("", 255, f"VM is locked ({vm.lock})\n")
+            if vm.running:
+                vm.pending["agent"] = "enabled=1"  # not hot-pluggable: applied at the next stop
+            else:
+                vm.agent_in_config = True
             return _ok(f"update VM {vm.vmid}: -agent enabled=1\n")
         skiplock = "--skiplock" in words
         if verb in {"shutdown", "stop"}:
             if vm.running and vm.lock and not skiplock:
                 return _ok("", 255, f"VM is locked ({vm.lock})\n")
-            if verb == "shutdown" and vm.ignores_shutdown and vm.running:
-                return _ok("", 255, "VM quit/powerdown failed - got timeout\n")
+            if verb == "shutdown" and vm.running:
+                # A clean shutdown takes time; meanwhile Proxmox still reports it running.
+                time.sleep(min(vm.shutdown_seconds, 2.0))
+                if vm.ignores_shutdown:
+                    return _ok("", 255, "VM quit/powerdown failed - got timeout\n")
             vm.running = False
+            if vm.pending.pop("agent", None):
+                vm.agent_in_config = True
             self.max_down = max(self.max_down, self.down_count())
             return _ok()
         if verb == "start":
@@ -223,18 +236,16 @@ class FakeFleet:
 
 
 class FakeTransport:
+    """A connection to a fake host: finished command lines in, canned answers out."""
+
     def __init__(self, fleet: FakeFleet, host: str):
         self.fleet = fleet
         self.host = host
+        self.host_key = f"ssh-ed25519 SHA256:fake-{host}"  # as if verified against known_hosts
 
-    def run(
-        self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False
-    ) -> CommandResult:
-        from pvepatch.transport.command import quote
-
-        text = quote(command, *args)
-        rc, out, err = self.fleet.run(self.host, text)
-        return CommandResult(self.host, text, rc, out, err, 0.01, mutating)
+    def run(self, command: str, *, timeout: float, mutating: bool) -> CommandResult:
+        rc, out, err = self.fleet.run(self.host, command)
+        return CommandResult(self.host, command, rc, out, err, 0.01, mutating)
 
     def close(self) -> None:
         pass
@@ -254,7 +265,8 @@ class FleetPlugin:
         self.fleet = fleet
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_configure(self, config: pytest.Config) -> None:
+    def pytest_cmdline_main(self, config: pytest.Config) -> None:
+        """Before any pytest_configure: the pvepatch plugin builds its connections there."""
         from pvepatch.plugin import FACTORY_KEY
 
         config.stash[FACTORY_KEY] = self.fleet.factory

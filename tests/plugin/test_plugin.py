@@ -102,7 +102,7 @@ def test_verify_run_sends_no_mutating_command(suite, fleet):
 
 def test_bare_pytest_deselects_mutating_stages_and_changes_nothing(suite, fleet):
     result = run(suite, fleet)
-    result.stdout.fnmatch_lines(["*mutating stage test(s) deselected; nothing will be changed*"])
+    result.stdout.fnmatch_lines(["*patch-only test(s) deselected; nothing will be changed*"])
     assert mutating(fleet) == []
     assert "deselected" in result.parseoutcomes()
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pvepatch.errors import QmError
-from pvepatch.proxmox.qm import (
-    Qm,
+from pvepatch.proxmox.parse import (
     RunStatus,
     agent_enabled,
     net_macs,
@@ -14,7 +13,9 @@ from pvepatch.proxmox.qm import (
     parse_key_values,
     parse_qm_status,
 )
+from pvepatch.proxmox.qm import Qm
 from pvepatch.transport.command import CommandResult
+from proofs import running_proof, stopped_proof
 
 # From ../shared/reference/proxmox-qm.md (sections 1.7, 1.9, 1.10, 1.12).
 OSINFO = """{
@@ -101,11 +102,12 @@ class Recorder:
 def test_commands_built_from_validated_values():
     t = Recorder()
     qm = Qm(t, 101)
-    qm.shutdown(180)
-    qm.shutdown(60, skiplock=True)
-    qm.stop(30, skiplock=True)
-    qm.start()
-    qm.set_agent(True)
+    running, stopped = running_proof(101), stopped_proof(101)
+    qm.shutdown(running, 180)
+    qm.shutdown(running, 60, skiplock=True)
+    qm.stop(running, 30, skiplock=True)
+    qm.start(stopped)
+    qm.set_agent(running, True)
     assert [c for c, _, _ in t.calls] == [
         "qm shutdown 101 --timeout 180",
         "qm shutdown 101 --timeout 60 --skiplock 1",

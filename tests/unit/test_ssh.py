@@ -119,13 +119,14 @@ def test_known_key_connects_and_runs(sshd, keys, tmp_path):
     kh = tmp_path / "known_hosts"
     kh.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n")
     t = transport(sshd, keys, kh)
-    result = t.run("echo %s", "hello world")
+    result = t.run("echo 'hello world'", timeout=30, mutating=False)
+    assert t.host_key == f"ssh-ed25519 {keys[0].fingerprint}"  # what the proofs record
     assert (result.rc, result.stdout, result.command) == (
         0,
         "'hello world'\n",
         "echo 'hello world'",
     )
-    assert t.run("false").rc == 1
+    assert t.run("false", timeout=30, mutating=False).rc == 1
     t.close()
 
 
@@ -148,7 +149,7 @@ def test_accept_new_records_the_key(sshd, keys, tmp_path):
     kh = tmp_path / "known_hosts"
     kh.write_text("")
     t = transport(sshd, keys, kh, accept_new=True)
-    assert t.run("echo ok").stdout == "ok\n"
+    assert t.run("echo ok", timeout=30, mutating=False).stdout == "ok\n"
     assert kh.read_text() == f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n"
     t.close()
     transport(sshd, keys, kh).connect()  # now known: strict mode accepts it
@@ -158,11 +159,11 @@ def test_command_timeout(sshd, keys, tmp_path):
     kh = tmp_path / "known_hosts"
     kh.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n")
     with pytest.raises(CommandTimeout, match="command timed out after 1 s: sleep 5"):
-        transport(sshd, keys, kh).run("sleep 5", timeout=1)
+        transport(sshd, keys, kh).run("sleep 5", timeout=1, mutating=False)
 
 
 def test_large_output_arrives_whole(sshd, keys, tmp_path):
     kh = tmp_path / "known_hosts"
     kh.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n")
-    result = transport(sshd, keys, kh).run("big 3000000")
+    result = transport(sshd, keys, kh).run("big 3000000", timeout=30, mutating=False)
     assert len(result.stdout) == 3_000_000 and len(result.stderr) == 3000

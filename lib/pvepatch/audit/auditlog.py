@@ -23,7 +23,7 @@ from pvepatch.audit.summary import (
     vm_facts,
     vm_verdict,
 )
-from pvepatch.plugin import Run
+from pvepatch.plugin.core import PvepatchPlugin as Run
 from pvepatch.transport.command import CommandResult
 
 TRANSCRIPT_LINES = 20  # a guest command with more output than this gets its own file

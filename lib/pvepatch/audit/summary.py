@@ -14,7 +14,7 @@ from typing import Any
 
 import pvepatch
 from pvepatch.audit.ledger import iso
-from pvepatch.cycle.record import VMRecord
+from pvepatch.cycle.record import VMRecord, verdict
 from pvepatch.transport.command import CommandResult, tail
 
 STAGE_NAMES = ("preflight", "guest_agent", "patch", "restart", "verify")
@@ -96,31 +96,40 @@ def command_facts(result: CommandResult) -> dict[str, Any]:
 
 
 def vm_facts(record: VMRecord) -> dict[str, Any]:
-    """What the stages recorded about one VM (commands apart)."""
-    target, facts = record.target, record.facts
-    apt, restart = record.apt, record.restart
+    """What the actions recorded about one VM (commands apart): the one serializer behind the
+    HTML report, the ledger and the JUnit properties."""
+    target, apt, restart = record.target, record.apt, record.restart
+    before = restart.before if restart else None
+    after = restart.after if restart else None
+    result, reason = verdict(record)
     return {
         "vm": target.name,
         "vmid": target.vmid,
         "proxmox_host": target.proxmox.name,
-        "failed": record.failed,
+        "failed": str(record.failure) if record.failure else None,
         "packages": [dataclasses.asdict(c) | {"kind": c.kind} for c in apt.changes]
         if apt
         else None,
         "reboot_required": apt.reboot_required if apt else None,
         "reboot_packages": list(apt.reboot_packages) if apt else None,
         "apt_lock_waits": apt.lock_waits if apt else None,
-        "kernel_before": facts.get("kernel_before"),
-        "kernel_after": facts.get("kernel_after"),
-        "boot_id_before": facts.get("boot_id_before"),
-        "boot_id_after": facts.get("boot_id_after"),
-        "boot_id_before_patch": facts.get("boot_id_before_patch"),
-        "boot_id_after_patch": facts.get("boot_id_after_patch"),
-        "qemu_pid_before": facts.get("qemu_pid_before"),
-        "qemu_pid_after": facts.get("qemu_pid_after"),
-        "hostname": facts.get("hostname"),
+        "kernel_before": before.kernel if before else None,
+        "kernel_after": after.kernel if after else None,
+        "boot_id_before": before.boot_id if before else None,
+        "boot_id_after": after.boot_id if after else None,
+        "boot_id_before_patch": apt.boot_id_before if apt else None,
+        "boot_id_after_patch": apt.boot_id_after if apt else None,
+        "qemu_pid_before": before.qemu_pid if before else None,
+        "qemu_pid_after": after.qemu_pid if after else None,
+        "hostname": record.binding.ssh_hostname if record.binding else None,
+        "binding": dataclasses.asdict(record.binding) if record.binding else None,
+        "proofs": [dataclasses.asdict(p) for p in record.proofs],
+        "refusals": list(record.refusals),
+        "notes": list(record.notes),
         "agent": dataclasses.asdict(record.agent) if record.agent else None,
         "restart": _restart_facts(restart) if restart else None,
+        "record_verdict": result,
+        "record_reason": reason,
     }
 
 
@@ -148,15 +157,10 @@ def _restart_facts(restart: Any) -> dict[str, Any]:
 
 
 def vm_verdict(record: VMRecord | None, stages: dict[str, StageResult]) -> tuple[str, str]:
-    """passed / failed / not run, and the one-line reason of a failure."""
-    if record is not None and record.failed:
-        return "failed", record.failed
-    for result in stages.values():
-        if result.status == "failed":
-            return "failed", f"{result.stage}: {result.reason()}"
-    if not stages:
+    """passed / failed / interrupted / not run, and the one-line reason (cycle.record.verdict)."""
+    if record is None and not stages:
         return "not run", ""
-    return "passed", ""
+    return verdict(record)
 
 
 # --- the run header ------------------------------------------------------------------------

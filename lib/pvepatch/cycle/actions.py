@@ -1,21 +1,32 @@
-"""The actions of a patch cycle for one VM: agent, apt, and the restart through Proxmox."""
+"""The actions of a patch cycle for one VM: binding, agent, apt, and what it looks like after."""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pvepatch.cycle.record import AgentOutcome, RestartOutcome, VMRecord
+from pvepatch.cycle.record import (
+    AgentOutcome,
+    Binding,
+    Identity,
+    ProofNote,
+    RestartOutcome,
+    VMRecord,
+)
+from pvepatch.cycle.restart import Restart
 from pvepatch.cycle.wait import wait_for
-from pvepatch.errors import PvepatchError, TransportError
+from pvepatch.errors import SafetyRefusal, TransportError
 from pvepatch.guest.apt import Apt, AptRun, diff_packages
 from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
-from pvepatch.proxmox.qm import AGENT_PORT, Qm, agent_enabled
+from pvepatch.proxmox.parse import agent_enabled, net_macs
+from pvepatch.proxmox.preconditions import Proof, prove_running
+from pvepatch.proxmox.qm import Qm
 from pvepatch.transport.connections import Connections, RecordingTransport
 
 AGENT_PACKAGE = "qemu-guest-agent"
 AGENT_SERVICE = "qemu-guest-agent"
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -48,12 +59,20 @@ class Fleet:
 class VMCycle:
     """The cycle's actions for one VM, each recorded on its VMRecord."""
 
-    def __init__(self, record: VMRecord, connections: Connections, options: Options, fleet: Fleet):
+    def __init__(
+        self,
+        record: VMRecord,
+        connections: Connections,
+        options: Options,
+        fleet: Fleet,
+        progress: Progress = lambda line: None,
+    ):
         self.record = record
         self.target: Target = record.target
         self.connections = connections
         self.options = options
         self.fleet = fleet
+        self.progress = progress
         self._guest: Guest | None = None
         self._guest_inner: object | None = None
 
@@ -79,6 +98,40 @@ class VMCycle:
     def apt(self) -> Apt:
         return Apt(self.guest_transport(), self.options.lock_timeout, self.options.command_timeout)
 
+    # --- the preconditions of every mutating qm command -------------------------------------
+    def prove_running(self, action: str) -> Proof:
+        """Prove, right now, that this VM is running and bound right (MACs, agent host name,
+        verified host key), or raise SafetyRefusal. Recorded either way."""
+        guest: Guest | Exception
+        try:
+            guest = self.guest()
+        except TransportError as exc:
+            guest = exc
+        try:
+            proof = prove_running(self.qm(), self.target.proxmox.name, guest)
+            proof.admit(self.target.vmid, action, self.options.skiplock)
+        except SafetyRefusal as exc:
+            self.record.refusals.append(f"qm {action}: {exc.reason}")
+            raise
+        self.note(action, proof)
+        return proof
+
+    def note(self, action: str, proof: Proof) -> None:
+        self.record.proofs.append(ProofNote(action, proof.binding, proof.host_key))
+
+    # --- stage 1: the binding as the preflight sees it (read-only) ---------------------------
+    def observe_binding(self) -> Binding:
+        qm, guest = self.qm(), self.guest()
+        binding = Binding(
+            macs=sorted(net_macs(qm.config())),
+            guest_macs=sorted(guest.macs()),
+            ssh_hostname=guest.hostname(),
+        )
+        binding.agent_answers = qm.agent_ping().ok
+        if binding.agent_answers:
+            binding.agent_hostname = qm.agent_host_name()
+        return binding
+
     # --- stage 2: the guest agent ----------------------------------------------------------
     def ensure_agent(self) -> AgentOutcome:
         outcome = AgentOutcome()
@@ -88,17 +141,17 @@ class VMCycle:
             apt.update()
             apt.install(AGENT_PACKAGE)
             outcome.installed_by_run = True
-        config = qm.config()
-        outcome.enabled_in_config_before = agent_enabled(config)
+        outcome.enabled_in_config_before = agent_enabled(qm.config())
         if not outcome.enabled_in_config_before:
-            qm.set_agent(True)
+            qm.set_agent(self.prove_running("set"), True)
             outcome.enabled_by_run = True
             return outcome
         wait_for(
-            f"{AGENT_PORT} in {self.target.name}",
+            f"{self.target.name}: {AGENT_SERVICE} port",
             guest.virtio_port_is_chardev,
             timeout=60,
             interval=3,
+            progress=self.progress,
         )
         if not guest.host.service(AGENT_SERVICE).is_running:
             guest.transport.run(
@@ -110,176 +163,27 @@ class VMCycle:
     # --- stage 3: apt ------------------------------------------------------------------------
     def patch(self) -> AptRun:
         guest, apt = self.guest(), self.apt()
-        run = AptRun()
-        self.record.facts.setdefault("boot_id_before_patch", guest.boot_id())
+        run = AptRun(boot_id_before=guest.boot_id())
         before = apt.installed()
         run.update, run.lock_waits = apt.update()
         run.upgrade = apt.dist_upgrade()
         run.autoremove = apt.autoremove()
         run.changes = diff_packages(before, apt.installed())
         run.reboot_required, run.reboot_packages = guest.reboot_required()
-        self.record.facts["boot_id_after_patch"] = guest.boot_id()
+        run.boot_id_after = guest.boot_id()
         return run
 
-    # --- stage 4: the restart through Proxmox ------------------------------------------------
+    # --- what the VM is now (read-only) --------------------------------------------------------
     def restart(self) -> RestartOutcome:
-        """Shut down (or stop) through `qm`, start, and wait for SSH, the port and the agent.
+        """The restart through Proxmox (pvepatch.cycle.restart)."""
+        return Restart(self).run()
 
-        Never raises for an expected failure: each step's error is recorded on the outcome so
-        the stage's tests can say which step failed and why.
-        """
-        opts, qm = self.options, self.qm()
-        outcome = RestartOutcome(method=opts.restart_method)
-        outcome.refused = self._refusal(qm)
-        if outcome.refused:
-            return outcome
-        guest = self.guest()
-        self.record.facts["boot_id_before"] = guest.boot_id()
-        self.record.facts["kernel_before"] = guest.kernel()
-        self.record.facts["qemu_pid_before"] = qm.run_status().pid
-        try:
-            # Down from the moment the shutdown is sent: an interruption inside `qm shutdown`
-            # must also start the VM again (and a VM left stopped must be reported).
-            self.fleet.down[self.target.name] = "shut down by this run for its restart"
-            if not self._take_down(qm, outcome):
-                return outcome
-            time.sleep(opts.restart_pause)
-            outcome.mark("start_sent")
-            outcome.start = qm.start(skiplock=opts.skiplock)
-            outcome.started = outcome.start.ok and self._status(qm) == "running"
-            if not outcome.started:
-                outcome.errors["start"] = _why(outcome.start) or f"status {self._status(qm)}"
-                return outcome
-            outcome.mark("started")
-            self.fleet.down.pop(self.target.name, None)
-        except BaseException:
-            self._bring_back_if_stopped(qm, outcome)
-            raise
-        finally:
-            self._note_if_left_stopped(qm)
-        self._wait_back(qm, outcome)
-        return outcome
-
-    def _refusal(self, qm: Qm) -> str | None:
-        others = self.fleet.others_down(self.target.name)
-        if others:
-            names = ", ".join(f"{n} ({why})" for n, why in others.items())
-            return f"another VM is down: {names}; refusing to take down a second one"
-        lock = qm.config().get("lock")
-        if lock and not self.options.skiplock:
-            return f"VM is locked ({lock}) on {self.target.proxmox.name}; not restarting it (use --skiplock to override)"
-        return None
-
-    def _take_down(self, qm: Qm, outcome: RestartOutcome) -> bool:
-        opts = self.options
-        outcome.mark("shutdown_sent")
-        if opts.restart_method == "stop":
-            outcome.hard_stop = qm.stop(opts.stop_timeout, skiplock=opts.skiplock)
-        else:
-            outcome.shutdown = qm.shutdown(opts.shutdown_timeout, skiplock=opts.skiplock)
-            if not outcome.shutdown.ok:
-                if not opts.hard_stop_fallback:
-                    outcome.errors["shutdown"] = (
-                        f"clean shutdown failed ({_why(outcome.shutdown)}); the VM was left as it "
-                        f"is (status: {self._status(qm)}); no power-off without --hard-stop-fallback"
-                    )
-                    return False
-                outcome.hard_stop = qm.stop(opts.stop_timeout, skiplock=opts.skiplock)
-        if outcome.hard_stop is not None and not outcome.hard_stop.ok:
-            outcome.errors["stop"] = (
-                f"qm stop failed ({_why(outcome.hard_stop)}); status: {self._status(qm)}"
-            )
-            return False
-        try:
-            wait_for(
-                f"VM {self.target.vmid} to be stopped",
-                lambda: self._status(qm) == "stopped",
-                timeout=60,
-                interval=2,
-            )
-        except PvepatchError as exc:
-            outcome.errors["stopped"] = str(exc)
-            return False
-        outcome.stopped = True
-        outcome.mark("stopped")
-        return True
-
-    def _wait_back(self, qm: Qm, outcome: RestartOutcome) -> None:
-        deadline = time.monotonic() + self.options.boot_timeout
-        before = self.record.facts["boot_id_before"]
-
-        def remaining() -> float:
-            return max(1.0, deadline - time.monotonic())
-
-        def ssh_with_new_boot() -> str | None:
-            transport = self.connections.probe(self.target.name, self.target.ssh)
-            boot_id = Guest(transport).boot_id()
-            return boot_id if boot_id != before else None
-
-        steps = (
-            ("ssh_back", f"SSH to {self.target.name} with a new boot_id", ssh_with_new_boot, 5.0),
-            (
-                "port_back",
-                f"{AGENT_PORT} in {self.target.name}",
-                lambda: self.guest().virtio_port_is_chardev(),
-                2.0,
-            ),
-            (
-                "agent_back",
-                f"qm guest cmd {self.target.vmid} ping",
-                lambda: qm.agent_ping().ok,
-                3.0,
-            ),
-        )
-        for name, what, probe, interval in steps:
-            try:
-                wait_for(what, probe, timeout=remaining(), interval=interval)
-            except PvepatchError as exc:
-                outcome.errors[name] = str(exc)
-                if name == "ssh_back":
-                    self.connections.forget(self.target.name)
-                    return
-                continue
-            setattr(outcome, name, True)
-            outcome.mark(name)
-
-    def _status(self, qm: Qm) -> str:
-        try:
-            return qm.status()
-        except PvepatchError as exc:
-            return f"unknown ({str(exc).splitlines()[0]})"
-
-    def _bring_back_if_stopped(self, qm: Qm, outcome: RestartOutcome) -> None:
-        """Interrupted between stop and start: start the VM again rather than leave it down."""
-        if self.target.name not in self.fleet.down:
-            return
-        try:
-            # A shutdown sent just before the interruption may still be under way on the host:
-            # let it finish (bounded) rather than find the VM "already running" and then stopped.
-            deadline = time.monotonic() + min(self.options.shutdown_timeout, 90)
-            while self._status(qm) == "running" and time.monotonic() < deadline:
-                time.sleep(2)
-            if self._status(qm) == "running":
-                outcome.errors["interrupted"] = "run interrupted; the VM is still running"
-                return
-            result = qm.start(skiplock=self.options.skiplock)
-            outcome.errors["interrupted"] = (
-                f"run interrupted; VM started again (qm start rc={result.rc})"
-            )
-        except (PvepatchError, TransportError) as exc:
-            outcome.errors["interrupted"] = f"run interrupted; starting the VM again failed: {exc}"
-
-    def _note_if_left_stopped(self, qm: Qm) -> None:
-        if self.target.name in self.fleet.down and self._status(qm) == "running":
-            self.fleet.down.pop(self.target.name, None)
-        elif self.target.name in self.fleet.down:
-            self.fleet.down[self.target.name] = (
-                f"LEFT STOPPED by this run (status: {self._status(qm)})"
-            )
+    def identity(self) -> Identity:
+        """The guest's boot and kernel, the hypervisor's QEMU process and its uptime, now."""
+        guest, status = self.guest(), self.qm().run_status()
+        return Identity(guest.boot_id(), guest.kernel(), status.pid, status.uptime)
 
 
-def _why(result: object) -> str:
-    stderr = getattr(result, "stderr", "") or ""
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    rc = getattr(result, "rc", "?")
-    return f"exit {rc}: {lines[-1]}" if lines else f"exit {rc}"
+def one_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(exc).__name__

@@ -1,4 +1,8 @@
-"""What a run did and saw, per VM: the single source the stages assert on and the report shows."""
+"""What a run did and saw, per VM: typed records filled by the actions, and the one verdict.
+
+The actions (pvepatch.cycle.actions) write these records; the stage tests only read them, and the
+audit layer serializes them. Nothing here is written from a test body.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,38 @@ from typing import Any
 from pvepatch.guest.apt import AptRun
 from pvepatch.inventory import Target
 from pvepatch.transport.command import CommandResult
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the VM was at one moment: the guest's boot, its kernel, the hypervisor's process."""
+
+    boot_id: str | None = None
+    kernel: str | None = None
+    qemu_pid: int | None = None
+    qemu_uptime: int | None = None
+    at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class ProofNote:
+    """A precondition proof made right before a mutating `qm` command (or the refusal)."""
+
+    action: str
+    binding: str
+    host_key: str | None
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Binding:
+    """The preflight's view of the binding (read-only, recorded for the report)."""
+
+    macs: list[str] = field(default_factory=list)
+    guest_macs: list[str] = field(default_factory=list)
+    ssh_hostname: str | None = None
+    agent_hostname: str | None = None
+    agent_answers: bool = False
 
 
 @dataclass
@@ -40,6 +76,8 @@ RESTART_REQUIRES = {
 class RestartOutcome:
     method: str
     refused: str | None = None
+    before: Identity | None = None
+    after: Identity | None = None  # observed by the verify stage, after the VM came back
     shutdown: CommandResult | None = None
     hard_stop: CommandResult | None = None
     stopped: bool = False
@@ -87,17 +125,30 @@ class RestartOutcome:
 
 
 @dataclass
+class StageFailure:
+    stage: str
+    order: int
+    test: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.test}: {self.reason}"
+
+
+@dataclass
 class VMRecord:
     """Everything recorded about one VM during the run."""
 
     target: Target
-    failed: str | None = None
-    failed_stage: int | None = None
+    failure: StageFailure | None = None
     completed: bool = False  # its last selected test has run (False after an interruption)
-    facts: dict[str, Any] = field(default_factory=dict)
+    binding: Binding | None = None
     agent: AgentOutcome | None = None
     apt: AptRun | None = None
     restart: RestartOutcome | None = None
+    proofs: list[ProofNote] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # visible skips, e.g. no blocked name to test
     qm_commands: list[CommandResult] = field(default_factory=list)
     guest_commands: list[CommandResult] = field(default_factory=list)
     outcomes: dict[str, Any] = field(default_factory=dict)
@@ -113,3 +164,22 @@ class VMRecord:
         if kind == "error":
             raise value
         return value
+
+    def fail(self, stage: str, order: int, test: str, reason: str) -> None:
+        """Record the VM's first failure; later stages of this VM are skipped."""
+        if self.failure is None:
+            self.failure = StageFailure(stage, order, test, reason)
+
+
+def verdict(record: VMRecord | None, left_down: str | None = None) -> tuple[str, str]:
+    """The VM's verdict and its one-line reason: the one the terminal summary, the HTML report,
+    the ledger and JUnit all show. `left_down`: why this run left the VM not running."""
+    if left_down:
+        return "left down", left_down
+    if record is None:
+        return "not run", ""
+    if record.failure is not None:
+        return "failed", str(record.failure)
+    if not record.completed:
+        return "interrupted", "its stages did not all run"
+    return "passed", ""

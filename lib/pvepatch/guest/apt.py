@@ -78,6 +78,8 @@ class AptRun:
     reboot_required: bool = False
     reboot_packages: list[str] = field(default_factory=list)
     lock_waits: int = 0
+    boot_id_before: str | None = None  # the guest's boot before and after: it must not reboot
+    boot_id_after: str | None = None  # itself during the upgrade
 
     @property
     def upgraded(self) -> list[PackageChange]:
@@ -96,7 +98,10 @@ class Apt:
 
     def installed(self) -> dict[str, str]:
         result = self.transport.run(
-            "dpkg-query -W -f %s", "${Package}\t${Version}\t${db:Status-Abbrev}\n", timeout=60
+            "dpkg-query -W -f %s",
+            "${Package}\t${Version}\t${db:Status-Abbrev}\n",
+            timeout=60,
+            mutating=False,
         ).check("cannot list installed packages")
         return parse_dpkg_query(result.stdout)
 
@@ -134,7 +139,7 @@ class Apt:
     def pending_upgrades(self) -> list[str]:
         """Packages a dist-upgrade would still change (a simulation: read-only)."""
         result = self.transport.run(
-            "apt-get -s -o Debug::NoLocking=1 dist-upgrade", timeout=300
+            "apt-get -s -o Debug::NoLocking=1 dist-upgrade", timeout=300, mutating=False
         ).check("apt-get -s dist-upgrade failed")
         return sorted(
             {line.split()[1] for line in result.stdout.splitlines() if line.startswith("Inst ")}

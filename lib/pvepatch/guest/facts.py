@@ -8,8 +8,8 @@ import testinfra.host
 from testinfra.backend.base import BaseBackend
 from testinfra.backend.base import CommandResult as TestinfraResult
 
-from pvepatch.proxmox.qm import AGENT_PORT
-from pvepatch.transport.command import CommandResult, Transport, quote
+from pvepatch.proxmox.parse import AGENT_PORT
+from pvepatch.transport.command import CommandResult, Transport
 
 
 class TransportBackend(BaseBackend):
@@ -27,7 +27,8 @@ class TransportBackend(BaseBackend):
         super().__init__(transport.host, **kwargs)
 
     def run(self, command: str, *args: str, **kwargs: Any) -> TestinfraResult:
-        result = self.transport.run(quote(command, *args), timeout=self.timeout)
+        """testinfra's modules only ask questions (package.is_installed, service.is_running)."""
+        result = self.transport.run(command, *args, timeout=self.timeout, mutating=False)
         return self.result(result.rc, self.encode(result.command), result.stdout, result.stderr)
 
 
@@ -44,13 +45,21 @@ class Guest:
         self.host = testinfra_host(transport)
 
     def _out(self, command: str, *args: object) -> str:
-        return self.transport.run(command, *args, timeout=30.0).check().stdout.strip()
+        return (
+            self.transport.run(command, *args, timeout=30.0, mutating=False).check().stdout.strip()
+        )
 
     def answers(self) -> CommandResult:
-        return self.transport.run("true", timeout=30.0).check("SSH answered but 'true' failed")
+        return self.transport.run("true", timeout=30.0, mutating=False).check(
+            "SSH answered but 'true' failed"
+        )
 
     def boot_id(self) -> str:
         return self._out("cat /proc/sys/kernel/random/boot_id")
+
+    def host_key(self) -> str | None:
+        """The host key this run's SSH connection verified (None if it verified none)."""
+        return self.transport.host_key
 
     def hostname(self) -> str:
         return self._out("hostname")
@@ -70,10 +79,12 @@ class Guest:
 
     def dpkg_audit(self) -> str:
         """`dpkg --audit` output: empty when the package database is consistent."""
-        return self.transport.run("dpkg --audit", timeout=60.0).check().stdout.strip()
+        return (
+            self.transport.run("dpkg --audit", timeout=60.0, mutating=False).check().stdout.strip()
+        )
 
     def virtio_port_is_chardev(self) -> bool:
-        return self.transport.run("test -c %s", AGENT_PORT, timeout=30.0).ok
+        return self.transport.run("test -c %s", AGENT_PORT, timeout=30.0, mutating=False).ok
 
     def reboot_required(self) -> tuple[bool, list[str]]:
         """Whether the guest asks for a reboot, and which packages asked."""

@@ -2,105 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from pvepatch.errors import QmError
+from pvepatch.proxmox.parse import (
+    RunStatus,
+    parse_agent_output,
+    parse_key_values,
+    parse_qm_status,
+)
+from pvepatch.proxmox.preconditions import Proof
 from pvepatch.transport.command import CommandResult, Transport
 
-AGENT_PORT = "/dev/virtio-ports/org.qemu.guest_agent.0"
 # Timeout of the SSH command around a `qm` task, beyond the task's own --timeout.
 TASK_SLACK = 60.0
-
-
-def parse_qm_status(text: str) -> str:
-    """`status: running` -> 'running'. Raise ValueError on anything else."""
-    match = re.fullmatch(r"status: (\S+)\s*", text)
-    if not match:
-        raise ValueError(f"unexpected 'qm status' output: {text.strip()[:200]!r}")
-    return match.group(1)
-
-
-def parse_key_values(text: str) -> dict[str, str]:
-    """`key: value` lines (qm config, qm status --verbose top level); nested lines are skipped."""
-    result: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip() or line.startswith(("\t", " ")):
-            continue
-        key, sep, value = line.partition(":")
-        if not sep:
-            raise ValueError(f"unexpected line in qm output: {line[:200]!r}")
-        result[key.strip()] = value.strip()
-    return result
-
-
-def parse_agent_option(value: str | None) -> dict[str, str]:
-    """PVE's `agent` property string: '1', 'enabled=1,type=virtio', '1,freeze-fs=1'."""
-    result: dict[str, str] = {"enabled": "0"}
-    if not value:
-        return result
-    for i, part in enumerate(value.split(",")):
-        key, sep, val = part.partition("=")
-        if not sep:
-            if i != 0:
-                raise ValueError(f"bad agent option {value!r}")
-            result["enabled"] = key.strip()
-        else:
-            result[key.strip()] = val.strip()
-    return result
-
-
-def agent_enabled(config: dict[str, str]) -> bool:
-    return parse_agent_option(config.get("agent")).get("enabled") in {"1", "true", "yes", "on"}
-
-
-def net_macs(config: dict[str, str]) -> set[str]:
-    """MAC addresses of the VM's NICs (`net0: virtio=BC:24:11:..,bridge=vmbr0`)."""
-    macs = set()
-    for key, value in config.items():
-        if re.fullmatch(r"net\d+", key):
-            match = re.search(r"=([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5})", value)
-            if match:
-                macs.add(match.group(1).lower())
-    return macs
-
-
-def parse_agent_output(text: str) -> Any:
-    """Output of `qm guest cmd`: empty for {}, a bare scalar, or Perl-pretty JSON."""
-    stripped = text.strip()
-    if not stripped:
-        return {}
-    if stripped[0] in "{[":
-        data = json.loads(stripped)
-        if isinstance(data, dict) and set(data) == {"error"}:
-            raise ValueError(f"guest agent error: {data['error']}")
-        return data
-    return stripped
-
-
-@dataclass(frozen=True)
-class RunStatus:
-    """`qm status --verbose`: what the hypervisor says about the VM's QEMU process."""
-
-    status: str
-    pid: int | None
-    uptime: int | None
-    lock: str | None
-
-    @classmethod
-    def parse(cls, text: str) -> RunStatus:
-        kv = parse_key_values(text)
-        if "status" not in kv:
-            raise ValueError(f"no 'status' in 'qm status --verbose' output: {text.strip()[:200]!r}")
-
-        def number(key: str) -> int | None:
-            return int(kv[key]) if kv.get(key, "").isdigit() else None
-
-        return cls(
-            kv.get("qmpstatus") or kv["status"], number("pid"), number("uptime"), kv.get("lock")
-        )
 
 
 class Qm:
@@ -117,13 +32,13 @@ class Qm:
         command: str,
         *args: object,
         timeout: float = 30.0,
-        mutating: bool = False,
+        mutating: bool = False,  # the read-only questions; each action says mutating=True
         check: bool = True,
     ) -> CommandResult:
         result = self.transport.run(command, *args, timeout=timeout, mutating=mutating)
         if check and not result.ok:
             raise QmError(
-                result, self.vmid, f"qm failed for VM {self.vmid}: {_first_line(result.stderr)}"
+                result, self.vmid, f"qm failed for VM {self.vmid}: {_last_line(result.stderr)}"
             )
         return result
 
@@ -140,12 +55,11 @@ class Qm:
     def run_status(self) -> RunStatus:
         return self._parsed(self._run("qm status %s --verbose", self.vmid), RunStatus.parse)  # type: ignore[no-any-return]
 
-    def config(self) -> dict[str, str]:
-        return self._parsed(self._run("qm config %s", self.vmid), parse_key_values)  # type: ignore[no-any-return]
-
-    def pending_config(self) -> dict[str, str]:
-        """The configuration the running QEMU was started with (`--current`)."""
-        return self._parsed(self._run("qm config %s --current", self.vmid), parse_key_values)  # type: ignore[no-any-return]
+    def config(self, current: bool = False) -> dict[str, str]:
+        """`qm config`: pending changes applied, as the next start will use them; with
+        `current=True`, the values the running VM uses (`--current`, pending changes left out)."""
+        command = "qm config %s --current" if current else "qm config %s"
+        return self._parsed(self._run(command, self.vmid), parse_key_values)  # type: ignore[no-any-return]
 
     def agent(self, command: str, check: bool = True) -> CommandResult:
         """`qm guest cmd <vmid> <command>` (read-only commands only)."""
@@ -173,16 +87,18 @@ class Qm:
             )
         return str(data["host-name"])
 
-    # --- mutating --------------------------------------------------------------------------
-    def set_agent(self, enabled: bool = True) -> CommandResult:
+    # --- mutating: each takes the Proof made right before it (proxmox.preconditions) ------
+    def set_agent(self, proof: Proof, enabled: bool = True) -> CommandResult:
+        proof.admit(self.vmid, "set")
         return self._run(
             "qm set %s --agent %s", self.vmid, f"enabled={int(enabled)}", mutating=True
         )
 
     def shutdown(
-        self, timeout: int, skiplock: bool = False, force_stop: bool = False
+        self, proof: Proof, timeout: int, skiplock: bool = False, force_stop: bool = False
     ) -> CommandResult:
         """Clean shutdown through the agent (or ACPI); returns the result, never raises on rc."""
+        proof.admit(self.vmid, "shutdown", skiplock)
         command = "qm shutdown %s --timeout %s" + (" --skiplock 1" if skiplock else "")
         command += " --forceStop 1" if force_stop else ""
         return self._run(
@@ -194,7 +110,10 @@ class Qm:
             check=False,
         )
 
-    def stop(self, timeout: int = 60, skiplock: bool = False) -> CommandResult:
+    def stop(self, proof: Proof, timeout: int = 60, skiplock: bool = False) -> CommandResult:
+        """Power-off (`qm stop`): allowed on a proof of the running VM (the hard-stop fallback
+        reuses the proof made before its failed shutdown: the VM is still running)."""
+        proof.admit(self.vmid, "stop", skiplock)
         command = "qm stop %s --timeout %s" + (" --skiplock 1" if skiplock else "")
         return self._run(
             command,
@@ -205,11 +124,13 @@ class Qm:
             check=False,
         )
 
-    def start(self, skiplock: bool = False) -> CommandResult:
+    def start(self, proof: Proof, skiplock: bool = False) -> CommandResult:
+        """`qm start`, only for a VM this run proved stopped (`prove_stopped_by_us`)."""
+        proof.admit(self.vmid, "start", skiplock)
         command = "qm start %s" + (" --skiplock 1" if skiplock else "")
         return self._run(command, self.vmid, timeout=120.0 + TASK_SLACK, mutating=True, check=False)
 
 
-def _first_line(text: str) -> str:
+def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "(no error text)"

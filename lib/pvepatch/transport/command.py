@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 import threading
 import time
@@ -57,41 +56,41 @@ class CommandResult:
         return "\n".join(parts)
 
 
-class Transport(Protocol):
-    """Runs commands on one host."""
+class Connection(Protocol):
+    """Runs finished command lines on one host (SSH, or a fake in tests)."""
 
     host: str
+    host_key: str | None  # the host key this connection verified, "type SHA256:..."
+
+    def run(self, command: str, *, timeout: float, mutating: bool) -> CommandResult: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """What the rest of pvepatch talks to: `run("cmd %s", arg, mutating=...)`, guarded.
+
+    Arguments are shell-quoted into the `%s` placeholders (testinfra's convention) by
+    GuardedTransport, the one layer that builds command lines.
+    """
+
+    host: str
+    host_key: str | None
 
     def run(
-        self, command: str, *args: object, timeout: float = ..., mutating: bool = False
+        self, command: str, *args: object, timeout: float = ..., mutating: bool
     ) -> CommandResult: ...
 
     def close(self) -> None: ...
 
 
-# Verbs that change a system. A command the caller declared read-only but that matches one of
-# these is refused in a read-only run: the declaration is checked, not trusted.
-_MUTATING_PATTERNS = [
-    r"\bapt(-get)?\b.*\b(install|upgrade|dist-upgrade|full-upgrade|remove|purge|autoremove|update)\b",
-    r"\bdpkg\b.*\s(-i|--install|--configure|-r|--remove|-P|--purge|--unpack)\b",
-    r"\bqm\s+(start|stop|shutdown|reboot|reset|set|unlock|resume|suspend|destroy|rollback|migrate|"
-    r"snapshot|guest\s+exec|agent\s+\d+\s+shutdown|guest\s+cmd\s+\d+\s+shutdown)\b",
-    r"\bsystemctl\b.*\b(start|stop|restart|reload|enable|disable|mask|unmask|kill|"
-    r"reboot|poweroff|halt|isolate)\b",
-    r"(^|[\s;&|'\"(`])(reboot|poweroff|halt|shutdown|rm|mv|dd|mkfs\S*|tee|truncate)(\s|$)",
-    r"(^|[^<>])>{1,2}\s*/(?!dev/null)",
-]
-_MUTATING_RE = re.compile("|".join(f"(?:{p})" for p in _MUTATING_PATTERNS))
-
-
-def looks_mutating(command: str) -> bool:
-    """True when `command` contains a verb that changes the system."""
-    return bool(_MUTATING_RE.search(command))
-
-
 @dataclass
 class ReadOnlyGuard:
-    """Decides whether mutating commands may be sent, and counts the ones that were."""
+    """Admits mutating commands only in a run that patches, and counts the ones sent.
+
+    Every command declares at the place it is built whether it changes the system
+    (`mutating=True`) or only reads it; there is no default and no guessing from the text.
+    """
 
     allow_mutating: bool = False
     mutating_sent: int = 0
@@ -99,13 +98,9 @@ class ReadOnlyGuard:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def admit(self, host: str, command: str, mutating: bool) -> None:
-        """Raise ReadOnlyViolation unless `command` may be sent now."""
-        if self.allow_mutating:
-            return
-        if mutating or looks_mutating(command):
+        """Raise ReadOnlyViolation unless `command` may be sent now; count it if it may."""
+        if mutating and not self.allow_mutating:
             raise ReadOnlyViolation(host, command)
-
-    def record(self, host: str, command: str, mutating: bool) -> None:
         if mutating:
             with self._lock:
                 self.mutating_sent += 1
@@ -113,19 +108,19 @@ class ReadOnlyGuard:
 
 
 class GuardedTransport:
-    """A Transport that asks the guard before sending anything."""
+    """The one layer that builds command lines (`quote`) and asks the guard before sending."""
 
-    def __init__(self, inner: Transport, guard: ReadOnlyGuard):
+    def __init__(self, inner: Connection, guard: ReadOnlyGuard):
         self.inner = inner
         self.guard = guard
         self.host = inner.host
+        self.host_key = getattr(inner, "host_key", None)
 
     def run(
-        self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False
+        self, command: str, *args: object, timeout: float = 60.0, mutating: bool
     ) -> CommandResult:
         text = quote(command, *args)
         self.guard.admit(self.host, text, mutating)
-        self.guard.record(self.host, text, mutating)
         sent = time.time()
         result = self.inner.run(text, timeout=timeout, mutating=mutating)
         return result if result.started is not None else replace(result, started=sent)

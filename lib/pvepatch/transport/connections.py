@@ -9,27 +9,27 @@ from pvepatch.errors import TransportError
 from pvepatch.inventory import SSHSpec, Target
 from pvepatch.transport.command import (
     CommandResult,
+    Connection,
     GuardedTransport,
     ReadOnlyGuard,
-    Transport,
-    quote,
 )
 
-TransportFactory = Callable[[str, SSHSpec], Transport]
+TransportFactory = Callable[[str, SSHSpec], Connection]
 
 
 class RecordingTransport:
     """A view of a Transport that appends every result to `sink` (the VM's audit record)."""
 
-    def __init__(self, inner: Transport, sink: list[CommandResult]):
+    def __init__(self, inner: GuardedTransport, sink: list[CommandResult]):
         self.inner = inner
         self.sink = sink
         self.host = inner.host
+        self.host_key = inner.host_key
 
     def run(
-        self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False
+        self, command: str, *args: object, timeout: float = 60.0, mutating: bool
     ) -> CommandResult:
-        result = self.inner.run(quote(command, *args), timeout=timeout, mutating=mutating)
+        result = self.inner.run(command, *args, timeout=timeout, mutating=mutating)
         self.sink.append(result)
         return result
 
@@ -43,7 +43,7 @@ def ssh_factory(
     """Build paramiko transports (imported here so unit tests with fakes never need it)."""
     from pvepatch.transport.ssh import SSHTransport
 
-    def make(name: str, spec: SSHSpec) -> Transport:
+    def make(name: str, spec: SSHSpec) -> Connection:
         transport = SSHTransport(name, spec, known_hosts, accept_new, connect_timeout)
         transport.connect()
         return transport
@@ -61,10 +61,10 @@ class Connections:
     def __init__(self, factory: TransportFactory, guard: ReadOnlyGuard):
         self.factory = factory
         self.guard = guard
-        self._open: dict[str, Transport] = {}
+        self._open: dict[str, GuardedTransport] = {}
         self._failed: dict[str, TransportError] = {}
 
-    def get(self, name: str, spec: SSHSpec) -> Transport:
+    def get(self, name: str, spec: SSHSpec) -> GuardedTransport:
         if name in self._failed:
             raise self._failed[name]
         if name not in self._open:
@@ -75,13 +75,13 @@ class Connections:
                 raise
         return self._open[name]
 
-    def guest(self, target: Target) -> Transport:
+    def guest(self, target: Target) -> GuardedTransport:
         return self.get(target.name, target.ssh)
 
-    def proxmox(self, target: Target) -> Transport:
+    def proxmox(self, target: Target) -> GuardedTransport:
         return self.get(target.proxmox.name, target.proxmox.ssh)
 
-    def probe(self, name: str, spec: SSHSpec) -> Transport:
+    def probe(self, name: str, spec: SSHSpec) -> GuardedTransport:
         """A fresh connection attempt (used while waiting for a host to come back)."""
         self.forget(name)
         return self.get(name, spec)

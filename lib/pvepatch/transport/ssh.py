@@ -70,6 +70,7 @@ class SSHTransport:
         self.accept_new = accept_new
         self.connect_timeout = connect_timeout
         self._client: paramiko.SSHClient | None = None
+        self.host_key: str | None = None  # set once connect() has verified it
 
     def connect(self) -> None:
         """Open the connection, verifying the host key; raise TransportError/HostKeyError."""
@@ -117,17 +118,17 @@ class SSHTransport:
             client.close()
             raise TransportError(self.host, f"SSH connection to {self.spec} failed: {exc}") from exc
         self._client = client
+        key = client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
+        self.host_key = f"{key.get_name()} {key.fingerprint}"
 
     @property
     def connected(self) -> bool:
         t = self._client.get_transport() if self._client else None
         return bool(t and t.is_active())
 
-    def run(
-        self, command: str, *args: object, timeout: float = 60.0, mutating: bool = False
-    ) -> CommandResult:
-        """Run `command` (args shell-quoted into its %s) and wait at most `timeout` seconds."""
-        text = quote(command, *args)
+    def run(self, command: str, *, timeout: float, mutating: bool) -> CommandResult:
+        """Run the finished command line `command`; wait at most `timeout` seconds."""
+        text = command
         if self.spec.become and self.spec.user != "root":
             text = quote("sudo -n -- sh -c %s", text)
         if not self.connected:

@@ -1,0 +1,220 @@
+"""The one pvepatch plugin object per run: its state, and the hooks that order, gate and sum up."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pvepatch.cycle.actions import Fleet, Options, VMCycle
+from pvepatch.cycle.record import VMRecord, verdict
+from pvepatch.inventory import Inventory, Target
+from pvepatch.plugin.mode import PATCH, VERIFY, belongs_to_verify, decide_mode, stage_of
+from pvepatch.transport.command import ReadOnlyGuard
+from pvepatch.transport.connections import Connections
+
+PLUGIN_NAME = "pvepatch-run"
+
+
+@dataclass
+class PvepatchPlugin:
+    """State and hooks of one pvepatch run, registered by pytest_configure (like pytest's
+    StepwisePlugin). The mode is decided once, after pytest's own deselection."""
+
+    config: pytest.Config
+    inventory: Inventory
+    options: Options
+    guard: ReadOnlyGuard
+    connections: Connections
+    mode: str = VERIFY
+    fleet: Fleet = field(default_factory=Fleet)
+    records: dict[str, VMRecord] = field(default_factory=dict)
+    cycles: dict[str, VMCycle] = field(default_factory=dict)
+    last_item: dict[str, str] = field(default_factory=dict)  # VM name -> its last test's nodeid
+    dropped: int = 0  # tests a verify run deselected (mutating or patch-only)
+    started: float = field(default_factory=time.time)
+    _old_sigterm: Any = None
+    _write_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, target: Target) -> VMRecord:
+        return self.records.setdefault(target.name, VMRecord(target))
+
+    def cycle(self, target: Target) -> VMCycle:
+        if target.name not in self.cycles:
+            self.cycles[target.name] = VMCycle(
+                self.record(target), self.connections, self.options, self.fleet, self.say
+            )
+        return self.cycles[target.name]
+
+    def say(self, line: str) -> None:
+        """A line on the terminal now (progress of a long wait), from any thread."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        with self._write_lock:
+            reporter.ensure_newline()
+            reporter.write_line(f"pvepatch: {line}")
+
+    # --- collection ------------------------------------------------------------------------
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "target" not in metafunc.fixturenames:
+            return
+        targets = list(self.inventory.targets)
+        if metafunc.definition.get_closest_marker("pihole"):
+            targets = [t for t in targets if t.pihole is not None]
+        metafunc.parametrize("target", targets, ids=[t.name for t in targets])
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        """After pytest's -m/-k/--deselect: decide the mode once, keep what it allows, order
+        the rest VM by VM and stage by stage."""
+        items[:] = [i for i in items if not _unbound(i)]
+        self.mode = decide_mode(config.getoption("markexpr") or "", items)
+        if self.mode == PATCH and hasattr(config, "workerinput"):
+            raise pytest.UsageError(_XDIST_REFUSAL)
+        self.guard.allow_mutating = self.mode == PATCH
+        keep = items if self.mode == PATCH else [i for i in items if belongs_to_verify(i)]
+        dropped = [i for i in items if i not in keep]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            self.dropped = len(dropped)
+        vm_order = {t.name: n for n, t in enumerate(self.inventory.targets)}
+        position = {id(item): n for n, item in enumerate(keep)}
+
+        def key(item: pytest.Item) -> tuple[int, int, int]:
+            target, stage = target_of(item), stage_of(item)
+            return (
+                vm_order.get(target.name, -1) if target else -1,
+                stage.order if stage else 0,
+                position[id(item)],
+            )
+
+        items[:] = sorted(keep, key=key)
+        for item in items:
+            target = target_of(item)
+            if target is not None:
+                self.last_item[target.name] = item.nodeid
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        lines = [
+            f"pvepatch: inventory {self.inventory.path}, {len(self.inventory.targets)} target "
+            "VM(s): " + ", ".join(str(t) for t in self.inventory.targets),
+        ]
+        lines += [f"pvepatch: WARNING: {w}" for w in getattr(self.inventory, "warnings", [])]
+        return lines
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.mode == PATCH:
+            self.say("mode PATCH (mutating stages selected with -m)")
+        else:
+            self.say("mode VERIFY (read-only: mutating commands are refused)")
+        if self.dropped:
+            self.say(
+                f"{self.dropped} patch-only test(s) deselected; nothing will be changed "
+                "(select the patch cycle with -m patch)"
+            )
+
+    # --- running: per-VM gating --------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        target, stage = target_of(item), stage_of(item)
+        if target is None or stage is None:
+            return
+        failure = self.record(target).failure
+        if failure is not None and stage.order > failure.order:
+            pytest.skip(f"earlier stage failed: {failure}")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+        report = yield
+        target, stage = target_of(item), stage_of(item)
+        if target is None:
+            return report
+        if call.when == "teardown" and self.last_item.get(target.name) == item.nodeid:
+            self.record(target).completed = True
+        if stage is not None and report.failed:
+            reason = _one_line(call.excinfo.value) if call.excinfo else "failed"
+            name = getattr(item, "originalname", item.name)
+            self.record(target).fail(stage.name, stage.order, name, reason)
+        return report
+
+    # --- the end of the run --------------------------------------------------------------------
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        def terminate(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt(f"pvepatch: received signal {signum}")
+
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, terminate)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.connections.close_all()
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        tr.section("pvepatch")
+        tr.write_line(f"mode: {self.mode}; mutating commands sent: {self.guard.mutating_sent}")
+        for target in self.inventory.targets:
+            result, reason = verdict(
+                self.records.get(target.name), self.fleet.down.get(target.name)
+            )
+            tr.write_line(
+                f"  {target}: {result.upper() if result != 'passed' else 'ok'}"
+                + (f" ({reason})" if reason else "")
+            )
+            for refusal in (
+                self.records[target.name].refusals if target.name in self.records else []
+            ):
+                tr.write_line(f"    refused {refusal}", yellow=True)
+        for name, why in self.fleet.down.items():
+            tr.write_line(
+                f"!!! VM {name} IS NOT RUNNING: {why}. Start it: qm start "
+                f"{self.inventory.target(name).vmid}",
+                red=True,
+                bold=True,
+            )
+
+
+_XDIST_REFUSAL = (
+    "pvepatch: a patch run under pytest-xdist (-n) is refused: parallel workers would take "
+    "several VMs down at once. Run `pytest -m patch` without -n (a verify run may use -n). "
+    "Nothing was touched."
+)
+
+
+def refuse_parallel_patch(config: pytest.Config, markexpr_names_patch: bool) -> None:
+    """Before anything is touched: no patch run under xdist workers (until the fleet budget)."""
+    if not markexpr_names_patch or not config.pluginmanager.hasplugin("xdist"):
+        return
+    workers = config.getoption("numprocesses", None)
+    if (
+        workers not in (None, 0, "0")
+        or config.getoption("tx", None)
+        or hasattr(config, "workerinput")
+    ):
+        raise pytest.UsageError(_XDIST_REFUSAL)
+
+
+def target_of(item: pytest.Item) -> Target | None:
+    callspec = getattr(item, "callspec", None)
+    target = callspec.params.get("target") if callspec else None
+    return target if isinstance(target, Target) else None
+
+
+def _unbound(item: pytest.Item) -> bool:
+    """A per-VM test with no VM to run on (e.g. Pi-hole checks when there is no Pi-hole)."""
+    return "target" in getattr(item, "fixturenames", ()) and target_of(item) is None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first[:300]

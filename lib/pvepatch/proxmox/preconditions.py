@@ -1,0 +1,214 @@
+"""What must be proven about a VM right before a mutating `qm` command, and the proof itself.
+
+Safety is a property of the action, not of the order or selection of tests: `Qm.shutdown`,
+`Qm.stop`, `Qm.start` and `Qm.set_agent` take a `Proof`, and a `Proof` is made only here, by
+asking Proxmox and the guest right now. Whatever tests were selected or skipped, no mutating
+`qm` command is sent for a VM whose binding and state this process did not just prove.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from pvepatch.errors import PvepatchError, SafetyRefusal
+from pvepatch.proxmox.parse import RunStatus, agent_enabled, net_macs
+
+# A binding proof older than this is not trusted for a shutdown, stop or set.
+MAX_PROOF_AGE = 60.0
+_MINT = object()  # only this module makes proofs
+
+
+class QmView(Protocol):
+    """The read-only `qm` questions a proof asks (pvepatch.proxmox.qm.Qm answers them)."""
+
+    vmid: int
+
+    def run_status(self) -> RunStatus: ...
+
+    def config(self, current: bool = False) -> dict[str, str]: ...
+
+    def agent_host_name(self) -> str: ...
+
+
+class GuestView(Protocol):
+    """What the proof needs of the guest, over this run's verified SSH connection."""
+
+    def macs(self) -> set[str]: ...
+
+    def hostname(self) -> str: ...
+
+    def host_key(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Proof:
+    """The facts proven about one VM at one moment, for the actions they allow."""
+
+    vmid: int
+    node: str
+    status: str
+    pid: int | None  # the QEMU process proven; a hard stop after a failed shutdown needs the same
+    lock: str | None
+    macs: tuple[str, ...]
+    ssh_hostname: str | None
+    agent_hostname: str | None
+    host_key: str | None
+    binding: str  # how the binding was proven, in words, for the record
+    at: float
+    mint: object = None
+
+    def __post_init__(self) -> None:
+        if self.mint is not _MINT:
+            raise TypeError("a Proof is made only by pvepatch.proxmox.preconditions")
+
+    def admit(self, vmid: int, action: str, skiplock: bool = False) -> None:
+        """Raise SafetyRefusal unless this proof allows `action` on `vmid` now."""
+        if vmid != self.vmid:
+            raise SafetyRefusal(vmid, f"the proof is for VM {self.vmid}, not VM {vmid}")
+        wanted = "stopped" if action == "start" else "running"
+        if self.status != wanted:
+            raise SafetyRefusal(
+                vmid, f"qm {action} needs the VM {wanted}, Proxmox said {self.status}"
+            )
+        if self.lock and not skiplock:
+            raise SafetyRefusal(
+                vmid, f"VM is locked ({self.lock}) on {self.node} (use --skiplock to override)"
+            )
+        age = time.monotonic() - self.at
+        if action != "start" and age > MAX_PROOF_AGE:
+            raise SafetyRefusal(vmid, f"the binding proof is {age:.0f} s old; prove it again")
+
+
+def prove_running(qm: QmView, node: str, guest: GuestView | Exception) -> Proof:
+    """Prove that VM `qm.vmid` on `node` is running and is the guest SSH reaches.
+
+    The binding: the NIC MACs in `qm config` are the guest's own, and, when the agent is enabled
+    in the running VM, the host name the agent reports is the one SSH reports. The guest's host
+    key must have been verified on this run's connection. `guest` is the exception raised when
+    the guest could not be reached. Raises SafetyRefusal with the reason.
+    """
+    vmid = qm.vmid
+    status, config, running_config = _ask(qm, node)
+    if status.status != "running":
+        raise SafetyRefusal(vmid, f"VM {vmid} on {node} is {status.status}, expected running")
+    if isinstance(guest, Exception):
+        raise SafetyRefusal(vmid, f"the guest cannot be reached over SSH: {_line(guest)}")
+    try:
+        host_key = guest.host_key()
+        seen = guest.macs()
+        ssh_hostname = guest.hostname()
+    except PvepatchError as exc:
+        raise SafetyRefusal(vmid, f"cannot read the guest's identity: {_line(exc)}") from exc
+    if not host_key:
+        raise SafetyRefusal(vmid, "the guest's SSH host key was not verified on this connection")
+    configured = net_macs(config)
+    shared = configured & seen
+    if not shared:
+        raise SafetyRefusal(
+            vmid,
+            f"wrong binding: VM {vmid} on {node} has NIC MAC(s) {sorted(configured)}, but the "
+            f"guest reached over SSH has {sorted(seen)}",
+        )
+    agent_hostname = None
+    binding = f"MAC {', '.join(sorted(shared))}"
+    if agent_enabled(running_config):
+        agent_hostname = _agent_hostname(qm, node)
+        if agent_hostname != ssh_hostname:
+            raise SafetyRefusal(
+                vmid,
+                f"wrong binding: the guest agent of VM {vmid} on {node} reports host name "
+                f"'{agent_hostname}', but SSH reaches '{ssh_hostname}'",
+            )
+        binding += f" and agent host name '{agent_hostname}'"
+    else:
+        binding += " only (the agent is not enabled in the running VM yet)"
+    return Proof(
+        vmid=vmid,
+        node=node,
+        status=status.status,
+        pid=status.pid,
+        lock=config.get("lock"),
+        macs=tuple(sorted(shared)),
+        ssh_hostname=ssh_hostname,
+        agent_hostname=agent_hostname,
+        host_key=host_key,
+        binding=binding,
+        at=time.monotonic(),
+        mint=_MINT,
+    )
+
+
+def prove_stopped_by_us(qm: QmView, node: str, before: Proof) -> Proof:
+    """Prove that the VM this run shut down (proven by `before`) is stopped now, for `qm start`.
+
+    The guest cannot answer while stopped: the binding is the one proven right before this run
+    took it down, and only the VM of that proof may be started.
+    """
+    if before.vmid != qm.vmid:
+        raise SafetyRefusal(qm.vmid, f"VM {qm.vmid} was not taken down by this run")
+    status, config, _ = _ask(qm, node, running=False)
+    if status.status != "stopped":
+        raise SafetyRefusal(qm.vmid, f"VM {qm.vmid} on {node} is {status.status}, expected stopped")
+    return _after(before, status, config, "proven before this run shut it down")
+
+
+def prove_same_process(qm: QmView, node: str, before: Proof) -> Proof:
+    """Prove that the VM is still the QEMU process `before` proved (same pid, still running),
+    for a power-off after its clean shutdown failed: the guest may no longer answer SSH."""
+    status, config, _ = _ask(qm, node, running=False)
+    if status.status != "running" or status.pid is None or status.pid != before.pid:
+        raise SafetyRefusal(
+            qm.vmid,
+            f"VM {qm.vmid} on {node} is no longer the process proven before the shutdown "
+            f"(was pid {before.pid}, now {status.status} pid {status.pid})",
+        )
+    return _after(before, status, config, f"same QEMU pid {status.pid} as proven before")
+
+
+def _after(before: Proof, status: RunStatus, config: dict[str, str], how: str) -> Proof:
+    return Proof(
+        vmid=before.vmid,
+        node=before.node,
+        status=status.status,
+        pid=status.pid,
+        lock=config.get("lock"),
+        macs=before.macs,
+        ssh_hostname=before.ssh_hostname,
+        agent_hostname=before.agent_hostname,
+        host_key=before.host_key,
+        binding=f"{before.binding}; {how}",
+        at=time.monotonic(),
+        mint=_MINT,
+    )
+
+
+def _ask(
+    qm: QmView, node: str, running: bool = True
+) -> tuple[RunStatus, dict[str, str], dict[str, str]]:
+    try:
+        status = qm.run_status()
+        config = qm.config()
+        current = qm.config(current=True) if running else config
+    except PvepatchError as exc:
+        raise SafetyRefusal(
+            qm.vmid, f"Proxmox host {node} did not answer for VM {qm.vmid}: {_line(exc)}"
+        ) from exc
+    return status, config, current
+
+
+def _agent_hostname(qm: QmView, node: str) -> str:
+    try:
+        return qm.agent_host_name()
+    except PvepatchError as exc:
+        raise SafetyRefusal(
+            qm.vmid,
+            f"the guest agent of VM {qm.vmid} on {node} does not answer, so the binding cannot "
+            f"be proven: {_line(exc)}",
+        ) from exc
+
+
+def _line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

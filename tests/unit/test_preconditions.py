@@ -1,0 +1,87 @@
+"""The preconditions of every mutating qm command: each refusal, and a proof cannot be forged."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from proofs import FakeGuest, FakeQm, running_proof, stopped_proof
+from pvepatch.errors import SafetyRefusal, TransportError
+from pvepatch.proxmox import preconditions
+from pvepatch.proxmox.preconditions import (
+    Proof,
+    prove_running,
+    prove_same_process,
+    prove_stopped_by_us,
+)
+
+
+def test_a_bound_running_vm_is_proven_by_mac_and_agent_host_name():
+    proof = prove_running(FakeQm(), "pve", FakeGuest())
+    assert (proof.vmid, proof.status, proof.pid) == (101, "running", 4242)
+    assert proof.binding == "MAC bc:24:11:00:00:01 and agent host name 'pbs'"
+    assert proof.host_key == "ssh-ed25519 SHA256:abc"
+    proof.admit(101, "shutdown")  # allowed
+
+
+@pytest.mark.parametrize(
+    "qm, guest, reason",
+    [
+        (FakeQm(mac="bc:24:11:00:00:02"), FakeGuest(), "wrong binding: VM 101 on pve has NIC MAC"),
+        (FakeQm(agent_name="pihole"), FakeGuest(), "reports host name 'pihole', but SSH reaches 'pbs'"),
+        (FakeQm(agent_answers=False), FakeGuest(), "does not answer, so the binding cannot be proven"),
+        (FakeQm(status="stopped"), FakeGuest(), "VM 101 on pve is stopped, expected running"),
+        (FakeQm(), FakeGuest(key=None), "host key was not verified"),
+        (FakeQm(), TransportError("pbs", "Connection refused"), "cannot be reached over SSH"),
+    ],
+    ids=["mac", "agent-name", "agent-silent", "stopped", "no-host-key", "unreachable"],
+)
+def test_refused_with_the_reason(qm, guest, reason):
+    with pytest.raises(SafetyRefusal, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        prove_running(qm, "pve", guest)
+
+
+def test_without_the_agent_in_the_running_vm_the_mac_alone_binds_and_says_so():
+    proof = prove_running(FakeQm(agent=False), "pve", FakeGuest())
+    assert "only (the agent is not enabled in the running VM yet)" in proof.binding
+    assert proof.agent_hostname is None
+
+
+def test_a_lock_refuses_unless_skiplock():
+    proof = prove_running(FakeQm(lock="backup"), "pve", FakeGuest())
+    with pytest.raises(SafetyRefusal, match=r"VM is locked \(backup\)"):
+        proof.admit(101, "shutdown")
+    proof.admit(101, "shutdown", skiplock=True)
+
+
+def test_a_proof_is_for_one_vm_one_state_and_a_short_time(monkeypatch):
+    proof = running_proof(101)
+    with pytest.raises(SafetyRefusal, match="the proof is for VM 101, not VM 102"):
+        proof.admit(102, "shutdown")
+    with pytest.raises(SafetyRefusal, match="qm start needs the VM stopped"):
+        proof.admit(101, "start")
+    later = time.monotonic() + preconditions.MAX_PROOF_AGE + 1
+    monkeypatch.setattr(preconditions.time, "monotonic", lambda: later)
+    with pytest.raises(SafetyRefusal, match="old; prove it again"):
+        proof.admit(101, "shutdown")
+
+
+def test_start_only_for_the_vm_this_run_took_down():
+    before = running_proof(101)
+    with pytest.raises(SafetyRefusal, match="VM 102 was not taken down by this run"):
+        prove_stopped_by_us(FakeQm(vmid=102, status="stopped"), "pve", before)
+    with pytest.raises(SafetyRefusal, match="is running, expected stopped"):
+        prove_stopped_by_us(FakeQm(status="running"), "pve", before)
+    stopped_proof(101).admit(101, "start")
+
+
+def test_hard_stop_needs_the_same_qemu_process():
+    before = running_proof(101)
+    prove_same_process(FakeQm(), "pve", before).admit(101, "stop")
+    with pytest.raises(SafetyRefusal, match="no longer the process proven"):
+        prove_same_process(FakeQm(pid=5000), "pve", before)
+
+
+def test_a_proof_cannot_be_made_outside_the_module():
+    with pytest.raises(TypeError, match="made only by"):
+        Proof(101, "pve", "running", 1, None, (), None, None, None, "forged", 0.0)
