@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pvelab.faults import FAULTS
-from pvelab.lab import Lab
+from pvelab.fleet.faults import FAULTS
+from pvelab.fleet.lab import Lab
 from pvelab.paths import LabPaths
 from pvelab.sshcmd import LabError
 

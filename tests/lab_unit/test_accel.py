@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from pvelab import accel
 from pvelab.paths import LabPaths
+from pvelab.pve import accel
 
 
 def test_probe_boot_sector_prints_marker_under_tcg(tmp_path: Path) -> None:

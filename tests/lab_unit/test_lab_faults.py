@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pvelab import faults, fleet
+from pvelab.fleet import faults, roster
 from pvelab.sshcmd import LabError
 
 CONF = "name: pbs\nagent: 1\nmemory: 384\n"
@@ -52,9 +52,9 @@ def test_ignore_shutdown_blocks_acpi_and_agent() -> None:
 def test_dns_down_masks_dnsmasq_and_needs_a_pihole() -> None:
     f = faults.get("dns-down")
     assert "systemctl mask dnsmasq" in f.guest_script
-    faults.check_applicable(f, fleet.by_name("pihole-backup"))
+    faults.check_applicable(f, roster.by_name("pihole-backup"))
     with pytest.raises(LabError, match="needs a VM of role pihole; pbs is plain"):
-        faults.check_applicable(f, fleet.by_name("pbs"))
+        faults.check_applicable(f, roster.by_name("pbs"))
 
 
 def test_dpkg_lock_runs_detached_and_waits_for_the_lock() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pvelab.fleet import VM, conf_set
+from pvelab.fleet.roster import VM, conf_set
 from pvelab.sshcmd import LabError
 
 AGENT_MISSING = """\

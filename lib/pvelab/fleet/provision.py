@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pvelab.fleet import VM, conf_get, conf_set, qemu_args, render_conf
+from pvelab.fleet.roster import VM, conf_get, conf_set, qemu_args, render_conf
 from pvelab.paths import LabPaths
 from pvelab.sshcmd import local_run
 
