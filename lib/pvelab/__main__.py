@@ -38,8 +38,8 @@ def parser() -> argparse.ArgumentParser:
 
 def print_status(status: dict) -> None:
     acc = status.get("accel") or {}
-    reason = str(acc.get("reason", "")).splitlines()[:1]
-    print(f"lab {status['lab']}  acceleration {acc.get('accel')} {reason}")
+    reason = (str(acc.get("reason", "")).splitlines() or ["?"])[0]
+    print(f"lab {status['lab']}  acceleration {acc.get('accel')} ({reason})")
     for name in ("pve_sshd", "repo_http"):
         d = status[name]
         state = f"pid {d['pid']}" if d["pid"] else "down"

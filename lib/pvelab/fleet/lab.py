@@ -14,7 +14,7 @@ from pvelab import procs
 from pvelab.fleet import bootwait, faults, inventory, provision, roster, seed
 from pvelab.fleet.roster import FLEET, VM
 from pvelab.paths import LabPaths, port_base
-from pvelab.pve import node, vmconf, vmstate
+from pvelab.pve import accel, node, vmconf, vmstate
 from pvelab.sshcmd import CommandError, CommandResult, LabError, quote, ssh_run
 
 Log = Callable[[str], None]
@@ -135,7 +135,6 @@ class Lab:
 
     def _prepare_host(self, log: Log) -> Any:
         from pvelab.image import build, repo  # heavy: only needed when bringing the lab up
-        from pvelab.pve import accel
 
         for d in (self.paths.root, self.paths.log_dir, self.paths.keys_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -154,16 +153,22 @@ class Lab:
         pinned = [(self.base, node.host_key(self.paths).with_name("ssh_host_ed25519_key.pub"))]
         pinned += [(vm.ssh_port(self.base), _pub(seed.host_key(self.paths, vm))) for vm in FLEET]
         seed.write_known_hosts(self.paths, pinned)
-        accel_kind, accel_reason = accel.probe(self.paths, kernel=img.kernel)
+        self.choose_accel(img.kernel, log)
         self._save_state(
             port_base=self.base,
             repo_port=self.repo_port,
             repo_pid=repo_pid,
             pve_sshd_pid=sshd_pid,
-            accel={"accel": accel_kind, "reason": accel_reason},
             image={"dir": str(img.dir), "base": str(img.base), "kernel": str(img.kernel)},
         )
         return img
+
+    def choose_accel(self, kernel: Path | None, log: Log = print) -> accel.Verdict:
+        """KVM or TCG for this lab's VMs, said in one line; QEMU's own words go to lab.json."""
+        verdict = accel.probe(self.paths, kernel=kernel)
+        log(verdict.line())
+        self._save_state(accel=verdict.record())
+        return verdict
 
     def _repo_server_pid(self) -> int | None:
         pid = self.state().get("repo_pid")

@@ -46,7 +46,7 @@ def start(ctx: Context, p: dict[str, Any]) -> None:
 
 def launch(ctx: Context, vmid: int, conf: VMConf, timeout: int | None) -> None:
     """Run QEMU with -daemonize; returns once it daemonized (not when the guest booted)."""
-    kind, _reason = accel.probe(ctx.paths)
+    kind = accel.probe(ctx.paths).accel
     try:
         cmd = qemu_command(conf.main, vmid, ctx.paths, kind)
     except (vmconf.ConfError, ValueError) as exc:
