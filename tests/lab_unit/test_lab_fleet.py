@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pvelab.fleet import roster
 from pvelab.paths import LabPaths
+from pvelab.pve import vmconf
 from pvelab.sshcmd import LabError
 
 KERNEL, INITRD = Path("/cache/abc/vmlinuz"), Path("/cache/abc/initrd.img")
@@ -47,10 +48,10 @@ def test_pihole_vms_carry_the_dns_tag() -> None:
     assert "tags:" not in roster.render_conf(paths, roster.by_name("ca"), KERNEL, INITRD)
 
 
-def test_conf_set_adds_replaces_and_deletes_in_main_section() -> None:
+def test_edited_conf_adds_replaces_and_deletes_in_main_section() -> None:
     text = "name: x\nagent: 1\n\n[snap]\nagent: 1\n"
-    text = roster.conf_set(text, "lock", "backup")
-    text = roster.conf_set(text, "agent", None)
-    assert text == "name: x\nlock: backup\n\n[snap]\nagent: 1\n"
-    assert roster.conf_get(text, "lock") == "backup"
-    assert roster.conf_get(text, "agent") is None
+    text = vmconf.edited_conf(text, "lock", "backup")
+    text = vmconf.edited_conf(text, "agent", None)
+    assert text == "lock: backup\nname: x\n\n[snap]\nagent: 1\n"
+    assert vmconf.parse_conf(text).get("lock") == "backup"
+    assert vmconf.parse_conf(text).get("agent") is None

@@ -116,7 +116,7 @@ class Lab:
         self._wait(states, timeout, log)
 
     def _boot_state(self, vm: VM) -> bootwait.BootState:
-        agent = roster.conf_get(self.paths.conf(vm.vmid).read_text(), "agent")
+        agent = vmconf.parse_conf(self.paths.conf(vm.vmid).read_text()).get("agent")
         return bootwait.BootState(
             vm, time.monotonic(), vmconf.agent_enabled({"agent": agent or "0"})
         )
@@ -287,7 +287,7 @@ class Lab:
         for vm in FLEET:
             pid = self.qemu_pid(vm)
             conf = self.paths.conf(vm.vmid)
-            text = conf.read_text() if conf.exists() else ""
+            vm_conf = vmconf.parse_conf(conf.read_text() if conf.exists() else "")
             vms[vm.name] = {
                 "vmid": vm.vmid,
                 "configured": conf.exists(),
@@ -295,8 +295,8 @@ class Lab:
                 "pid": pid,
                 "rss_mib": round((procs.rss_kib(pid) or 0) / 1024) if pid else None,
                 "ssh_port": vm.ssh_port(self.base),
-                "lock": roster.conf_get(text, "lock"),
-                "agent": roster.conf_get(text, "agent"),
+                "lock": vm_conf.lock,
+                "agent": vm_conf.get("agent"),
             }
         return {
             "lab": str(self.paths.root),
