@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -165,3 +166,11 @@ def test_cached_image_is_reused_quickly() -> None:
     messages: list[str] = []
     build.ensure_image(log=messages.append)
     assert messages == []
+
+
+def test_recipe_hash_does_not_depend_on_where_the_image_package_sits(tmp_path: Path) -> None:
+    """Moving pvelab/image (or the checkout) must not rebuild the cached image."""
+    moved = tmp_path / "elsewhere" / "image"
+    shutil.copytree(recipe.IMAGE_DIR, moved, ignore=shutil.ignore_patterns("__pycache__"))
+    files = [moved / p.relative_to(recipe.IMAGE_DIR) for p in recipe.recipe_files()]
+    assert recipe.recipe_hash(files, moved) == recipe.recipe_hash()

@@ -83,10 +83,9 @@ class Image:
 class _Builder:
     """One build in a temporary directory; steps log their elapsed time."""
 
-    def __init__(self, work: Path, recipe: str, log: Log) -> None:
+    def __init__(self, work: Path, log: Log) -> None:
         self.work = work
         self.root = work / "root"
-        self.recipe = recipe
         self.log = log
         self.started = time.monotonic()
 
@@ -241,9 +240,9 @@ def _make_disk(b: _Builder) -> None:
         raw.unlink()
 
 
-def _build(work: Path, cache_dir: Path, recipe: str, log: Log) -> dict[str, str]:
+def _build(work: Path, cache_dir: Path, log: Log) -> dict[str, str]:
     mirror, security = updates.host_mirrors()
-    b = _Builder(work, recipe, log)
+    b = _Builder(work, log)
     _debootstrap(b, cache_dir, mirror)
     _keep_base_debs(b, cache_dir)
     _install_guest_files(b)
@@ -295,7 +294,7 @@ def ensure_image(cache_dir: Path | None = None, log: Log = print) -> Image:
         log(f"[image] building {final} (recipe {recipe})")
         began = time.monotonic()
         try:
-            packages = _build(work, cache_dir, recipe, log)
+            packages = _build(work, cache_dir, log)
         except BaseException:
             _remove_stale(cache_dir)  # keeps a tree that still has mounts: never rm through them
             raise
