@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from pvelab.fleet import FLEET
-from pvelab.image import ensure_image
-from pvelab.lab import Lab
+from pvelab.fleet.lab import Lab
+from pvelab.fleet.roster import FLEET
+from pvelab.image.build import ensure_image
 from pvelab.procs import rss_kib
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,17 @@ def timed(fn, *args, **kwargs):
 
 
 def pvepatch(lab: Lab, mark: str) -> float:
-    cmd = [sys.executable, "-m", "pytest", "-m", mark, f"--inventory={lab.inventory_path}", "-q",
-           "-p", "no:cacheprovider"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        mark,
+        f"--inventory={lab.inventory_path}",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
     _, seconds = timed(subprocess.run, cmd, cwd=PROJECT, check=True, capture_output=True)
     return seconds
 
@@ -51,14 +60,19 @@ def downtimes(lab: Lab, since: int) -> dict[str, float]:
 
 
 def main() -> None:
-    results: dict[str, object] = {"date": dt.date.today().isoformat(), "machine": platform.node(),
-                                  "cpus": os.cpu_count()}
+    results: dict[str, object] = {
+        "date": dt.date.today().isoformat(),
+        "machine": platform.node(),
+        "cpus": os.cpu_count(),
+    }
     _, results["image_cached_s"] = timed(ensure_image, log=lambda line: None)
     lab = Lab()
     summary, results["lab_reset_up_s"] = timed(lab.reset, log=lambda line: None)
     results["accel"] = summary.get("accel")
-    results["boot"] = {name: {"agent_s": vm["agent_s"], "ssh_s": vm["ssh_s"], "rss_mib": vm["rss_mib"]}
-                       for name, vm in summary["vms"].items()}
+    results["boot"] = {
+        name: {"agent_s": vm["agent_s"], "ssh_s": vm["ssh_s"], "rss_mib": vm["rss_mib"]}
+        for name, vm in summary["vms"].items()
+    }
     mark = len(lab.qm_log())
     results["patch_cycle_5_vms_s"] = round(pvepatch(lab, "patch"), 1)
     results["downtime_s"] = downtimes(lab, mark)

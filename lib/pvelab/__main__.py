@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pvelab.faults import FAULTS
-from pvelab.lab import Lab
+from pvelab.fleet.faults import FAULTS
+from pvelab.fleet.lab import Lab
 from pvelab.paths import LabPaths
 from pvelab.sshcmd import LabError
 
@@ -38,8 +38,8 @@ def parser() -> argparse.ArgumentParser:
 
 def print_status(status: dict) -> None:
     acc = status.get("accel") or {}
-    reason = str(acc.get("reason", "")).splitlines()[:1]
-    print(f"lab {status['lab']}  acceleration {acc.get('accel')} {reason}")
+    reason = (str(acc.get("reason", "")).splitlines() or ["?"])[0]
+    print(f"lab {status['lab']}  acceleration {acc.get('accel')} ({reason})")
     for name in ("pve_sshd", "repo_http"):
         d = status[name]
         state = f"pid {d['pid']}" if d["pid"] else "down"

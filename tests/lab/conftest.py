@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from pvelab.lab import Lab
+from pvelab.fleet.lab import Lab
 
 
 @pytest.fixture(scope="session")

@@ -13,14 +13,14 @@ from pathlib import Path
 import dns.exception
 import dns.resolver
 import pytest
-from pvelab import fleet
-from pvelab.bootwait import poll
-from pvelab.lab import Lab
+from pvelab.fleet import roster
+from pvelab.fleet.bootwait import poll
+from pvelab.fleet.lab import Lab
 
 pytestmark = pytest.mark.lab
 
 VMS = ["pbs", "pihole"]
-PBS, PIHOLE = fleet.by_name("pbs"), fleet.by_name("pihole")
+PBS, PIHOLE = roster.by_name("pbs"), roster.by_name("pihole")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,7 +39,7 @@ def resolve(port: int, name: str, tcp: bool = True) -> str | None:
         return None
 
 
-def cold_restart(lab: Lab, *vms: fleet.VM) -> None:
+def cold_restart(lab: Lab, *vms: roster.VM) -> None:
     for vm in vms:
         result = lab.qm("shutdown", vm.vmid, "--timeout", 120, check=False)
         assert result.ok, result
@@ -73,7 +73,7 @@ def test_each_vm_has_its_own_host_key(lab: Lab) -> None:
     keys = [lab.guest_run(vm, "cat /etc/ssh/ssh_host_ed25519_key.pub")[1].split()[1] for vm in VMS]
     assert keys[0] != keys[1]
     for vm, key in zip(VMS, keys, strict=True):
-        assert f"[127.0.0.1]:{fleet.by_name(vm).ssh_port(lab.base)} ssh-ed25519 {key}" in (
+        assert f"[127.0.0.1]:{roster.by_name(vm).ssh_port(lab.base)} ssh-ed25519 {key}" in (
             lab.paths.known_hosts.read_text()
         )
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pvelab.fleet import by_name
-from pvelab.lab import Lab
+from pvelab.fleet.lab import Lab
+from pvelab.fleet.roster import by_name
 from pvepatch_runner import PvepatchRun, run_pvepatch
 
 pytestmark = pytest.mark.lab

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from pvelab.lab import Lab
+from pvelab.fleet.lab import Lab
 from pvelab.paths import LabPaths
 from pvepatch.audit import ledger
 from pvepatch_runner import PROJECT, run_pvepatch

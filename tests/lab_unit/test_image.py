@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from pvelab import debs, image
+from pvelab.image import build, debs, recipe, updates
 
 DEB822 = """\
 Types: deb
@@ -31,42 +32,42 @@ def recipe_tree(tmp_path: Path) -> list[Path]:
 
 
 def test_recipe_hash_is_stable() -> None:
-    assert image.recipe_hash() == image.recipe_hash()
+    assert recipe.recipe_hash() == recipe.recipe_hash()
 
 
 def test_recipe_hash_changes_when_a_guest_file_changes(recipe_tree: list[Path]) -> None:
     root = recipe_tree[0].parent
-    before = image.recipe_hash(recipe_tree, root)
+    before = recipe.recipe_hash(recipe_tree, root)
     recipe_tree[1].write_text("#!/bin/sh\necho changed\n")
-    assert image.recipe_hash(recipe_tree, root) != before
+    assert recipe.recipe_hash(recipe_tree, root) != before
 
 
 def test_recipe_hash_changes_when_a_file_becomes_executable(recipe_tree: list[Path]) -> None:
     root = recipe_tree[0].parent
-    before = image.recipe_hash(recipe_tree, root)
+    before = recipe.recipe_hash(recipe_tree, root)
     recipe_tree[1].chmod(0o755)
-    assert image.recipe_hash(recipe_tree, root) != before
+    assert recipe.recipe_hash(recipe_tree, root) != before
 
 
 def test_recipe_covers_guest_files_build_code_and_test_packages() -> None:
-    names = {str(p) for p in image.recipe_files()}
-    assert str(image.GUEST_DIR / "usr/local/sbin/pvelab-seed") in names
+    names = {str(p) for p in recipe.recipe_files()}
+    assert str(recipe.GUEST_DIR / "usr/local/sbin/pvelab-seed") in names
     assert str(debs.SOURCE_DIR / "pvelab-conffile/DEBIAN/control") in names
-    assert any(n.endswith("pvelab/repo.py") for n in names)
+    assert any(n.endswith("pvelab/image/repo.py") for n in names)
 
 
 def test_guest_sources_list_names_only_the_lab_repo() -> None:
-    text = (image.GUEST_DIR / "etc/apt/sources.list").read_text()
+    text = (recipe.GUEST_DIR / "etc/apt/sources.list").read_text()
     assert text == "deb [trusted=yes] http://10.0.2.100/ ./\n"
 
 
 def test_guest_scripts_are_executable() -> None:
-    for script in (image.GUEST_DIR / "usr/local/sbin").iterdir():
+    for script in (recipe.GUEST_DIR / "usr/local/sbin").iterdir():
         assert script.stat().st_mode & 0o111, script
 
 
 def test_parse_mirrors_reads_deb822_sources() -> None:
-    assert image.parse_mirrors(DEB822) == (
+    assert updates.parse_mirrors(DEB822) == (
         "http://mirror.example/debian",
         "http://mirror.example/debian-security",
     )
@@ -74,30 +75,33 @@ def test_parse_mirrors_reads_deb822_sources() -> None:
 
 def test_parse_mirrors_reads_one_line_sources_and_defaults_security() -> None:
     text = "deb [arch=amd64] http://ftp.example/debian/ bookworm main\n"
-    assert image.parse_mirrors(text) == (
+    assert updates.parse_mirrors(text) == (
         "http://ftp.example/debian",
         "http://ftp.example/debian-security",
     )
 
 
 def test_parse_mirrors_falls_back_to_deb_debian_org() -> None:
-    assert image.parse_mirrors("") == (image.DEFAULT_MIRROR, image.DEFAULT_MIRROR + "-security")
+    assert updates.parse_mirrors("") == (
+        updates.DEFAULT_MIRROR,
+        updates.DEFAULT_MIRROR + "-security",
+    )
 
 
 def test_apt_timers_are_masked() -> None:
-    assert {"apt-daily.timer", "apt-daily-upgrade.timer"} <= set(image.MASKED_UNITS)
+    assert {"apt-daily.timer", "apt-daily-upgrade.timer"} <= set(build.MASKED_UNITS)
 
 
 # ---- the real image (built or reused from the cache; about 4 minutes the first time) ----
 
 
 @pytest.fixture(scope="module")
-def built() -> image.Image:
-    return image.ensure_image(log=lambda _: None)
+def built() -> build.Image:
+    return build.ensure_image(log=lambda _: None)
 
 
 @pytest.fixture(scope="module")
-def raw_disk(built: image.Image, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def raw_disk(built: build.Image, tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = tmp_path_factory.mktemp("disk") / "base.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(built.base), str(raw)], check=True)
     return raw
@@ -144,7 +148,7 @@ def test_image_masks_apt_daily_timer(raw_disk: Path) -> None:
 
 
 @pytest.mark.lab
-def test_image_packages_include_test_packages_at_image_version(built: image.Image) -> None:
+def test_image_packages_include_test_packages_at_image_version(built: build.Image) -> None:
     assert {n: built.packages.get(n) for n in debs.IN_IMAGE} == dict.fromkeys(
         debs.IN_IMAGE, debs.IMAGE_VERSION
     )
@@ -152,7 +156,7 @@ def test_image_packages_include_test_packages_at_image_version(built: image.Imag
 
 
 @pytest.mark.lab
-def test_image_boot_files_are_small_and_present(built: image.Image) -> None:
+def test_image_boot_files_are_small_and_present(built: build.Image) -> None:
     assert built.kernel.stat().st_size > 1_000_000
     assert 1_000_000 < built.initrd.stat().st_size < 20_000_000
 
@@ -160,5 +164,13 @@ def test_image_boot_files_are_small_and_present(built: image.Image) -> None:
 @pytest.mark.lab
 def test_cached_image_is_reused_quickly() -> None:
     messages: list[str] = []
-    image.ensure_image(log=messages.append)
+    build.ensure_image(log=messages.append)
     assert messages == []
+
+
+def test_recipe_hash_does_not_depend_on_where_the_image_package_sits(tmp_path: Path) -> None:
+    """Moving pvelab/image (or the checkout) must not rebuild the cached image."""
+    moved = tmp_path / "elsewhere" / "image"
+    shutil.copytree(recipe.IMAGE_DIR, moved, ignore=shutil.ignore_patterns("__pycache__"))
+    files = [moved / p.relative_to(recipe.IMAGE_DIR) for p in recipe.recipe_files()]
+    assert recipe.recipe_hash(files, moved) == recipe.recipe_hash()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pvelab import faults, fleet
+from pvelab.fleet import faults, roster
+from pvelab.pve.vmconf import parse_conf
 from pvelab.sshcmd import LabError
 
 CONF = "name: pbs\nagent: 1\nmemory: 384\n"
@@ -19,13 +20,13 @@ def test_every_fault_is_listed() -> None:
 def test_agent_missing_purges_agent_and_drops_conf_key() -> None:
     f = faults.get("agent-missing")
     assert "apt-get purge -y qemu-guest-agent" in f.guest_script
-    assert faults.apply_conf(f, CONF) == "name: pbs\nmemory: 384\n"
+    assert faults.apply_conf(f, CONF) == "memory: 384\nname: pbs\n"  # as PVE writes it: sorted
 
 
 def test_lock_backup_is_host_side_only() -> None:
     f = faults.get("lock-backup")
     assert f.guest_script is None
-    assert faults.apply_conf(f, CONF).splitlines()[-1] == "lock: backup"
+    assert parse_conf(faults.apply_conf(f, CONF)).lock == "backup"
 
 
 def test_virtio_missing_drops_the_udev_link_and_nothing_else() -> None:
@@ -52,9 +53,9 @@ def test_ignore_shutdown_blocks_acpi_and_agent() -> None:
 def test_dns_down_masks_dnsmasq_and_needs_a_pihole() -> None:
     f = faults.get("dns-down")
     assert "systemctl mask dnsmasq" in f.guest_script
-    faults.check_applicable(f, fleet.by_name("pihole-backup"))
+    faults.check_applicable(f, roster.by_name("pihole-backup"))
     with pytest.raises(LabError, match="needs a VM of role pihole; pbs is plain"):
-        faults.check_applicable(f, fleet.by_name("pbs"))
+        faults.check_applicable(f, roster.by_name("pbs"))
 
 
 def test_dpkg_lock_runs_detached_and_waits_for_the_lock() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pvelab import fleet
+from pvelab.fleet import roster
 from pvelab.paths import LabPaths
+from pvelab.pve import vmconf
 from pvelab.sshcmd import LabError
 
 KERNEL, INITRD = Path("/cache/abc/vmlinuz"), Path("/cache/abc/initrd.img")
@@ -14,17 +15,17 @@ KERNEL, INITRD = Path("/cache/abc/vmlinuz"), Path("/cache/abc/initrd.img")
 
 def test_select_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PVELAB_VMS", "pihole, pbs")
-    assert [vm.name for vm in fleet.select()] == ["pbs", "pihole"]
+    assert [vm.name for vm in roster.select()] == ["pbs", "pihole"]
 
 
 def test_select_unknown_vm_names_the_fleet() -> None:
     with pytest.raises(LabError, match="unknown VM.*nope.*the fleet is pbs"):
-        fleet.select("pbs,nope")
+        roster.select("pbs,nope")
 
 
 def test_conf_of_plain_vm() -> None:
     paths = LabPaths(Path("/lab"))
-    text = fleet.render_conf(paths, fleet.by_name("pbs"), KERNEL, INITRD)
+    text = roster.render_conf(paths, roster.by_name("pbs"), KERNEL, INITRD)
     assert text.splitlines() == [
         "name: pbs",
         "memory: 384",
@@ -42,15 +43,15 @@ def test_conf_of_plain_vm() -> None:
 def test_pihole_vms_carry_the_dns_tag() -> None:
     paths = LabPaths(Path("/lab"))
     for name in ("pihole", "pihole-backup"):
-        text = fleet.render_conf(paths, fleet.by_name(name), KERNEL, INITRD)
+        text = roster.render_conf(paths, roster.by_name(name), KERNEL, INITRD)
         assert "tags: pvelab-dns" in text.splitlines()
-    assert "tags:" not in fleet.render_conf(paths, fleet.by_name("ca"), KERNEL, INITRD)
+    assert "tags:" not in roster.render_conf(paths, roster.by_name("ca"), KERNEL, INITRD)
 
 
-def test_conf_set_adds_replaces_and_deletes_in_main_section() -> None:
+def test_edited_conf_adds_replaces_and_deletes_in_main_section() -> None:
     text = "name: x\nagent: 1\n\n[snap]\nagent: 1\n"
-    text = fleet.conf_set(text, "lock", "backup")
-    text = fleet.conf_set(text, "agent", None)
-    assert text == "name: x\nlock: backup\n\n[snap]\nagent: 1\n"
-    assert fleet.conf_get(text, "lock") == "backup"
-    assert fleet.conf_get(text, "agent") is None
+    text = vmconf.edited_conf(text, "lock", "backup")
+    text = vmconf.edited_conf(text, "agent", None)
+    assert text == "lock: backup\nname: x\n\n[snap]\nagent: 1\n"
+    assert vmconf.parse_conf(text).get("lock") == "backup"
+    assert vmconf.parse_conf(text).get("agent") is None

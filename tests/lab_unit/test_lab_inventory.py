@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pvelab import fleet, inventory
+from pvelab.fleet import inventory, roster
 from pvelab.paths import LabPaths
 
 
 @pytest.fixture
 def inv(tmp_path: Path) -> dict:
     paths = LabPaths(tmp_path)
-    inventory.write(paths, 22000, fleet.FLEET)
+    inventory.write(paths, 22000, roster.FLEET)
     return yaml.safe_load(paths.inventory.read_text())
 
 
@@ -56,7 +56,7 @@ def test_pihole_group_has_dns_ports_and_names(inv: dict) -> None:
 
 def test_subset_lists_only_selected_vms(tmp_path: Path) -> None:
     paths = LabPaths(tmp_path)
-    inventory.write(paths, 24000, fleet.select("pbs,pihole"))
+    inventory.write(paths, 24000, roster.select("pbs,pihole"))
     inv = yaml.safe_load(paths.inventory.read_text())
     assert list(inv["all"]["children"]["ubuntu_vms"]["hosts"]) == ["pbs", "pihole"]
     assert inv["all"]["children"]["pihole"]["hosts"] == {"pihole": {"pihole_dns_port": 25102}}

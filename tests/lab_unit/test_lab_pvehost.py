@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pvelab import pvehost, seed
+from pvelab.fleet import seed
 from pvelab.paths import LabPaths
+from pvelab.pve import node
 from pvelab.sshcmd import ssh_run
 
 
@@ -19,7 +20,7 @@ def free_port() -> int:
 
 
 def test_sshd_config_listens_on_loopback_only(tmp_path: Path) -> None:
-    text = pvehost.sshd_config_text(LabPaths(tmp_path), 22000)
+    text = node.sshd_config_text(LabPaths(tmp_path), 22000)
     lines = text.splitlines()
     assert "ListenAddress 127.0.0.1:22000" in lines
     assert [line for line in lines if line.startswith(("ListenAddress", "Port"))] == [
@@ -34,17 +35,17 @@ def test_sshd_config_listens_on_loopback_only(tmp_path: Path) -> None:
 
 
 def test_qm_wrapper_runs_the_stand_in_for_this_lab(tmp_path: Path) -> None:
-    text = pvehost.qm_wrapper_text(LabPaths(tmp_path), 24000, python="/venv/bin/python")
+    text = node.qm_wrapper_text(LabPaths(tmp_path), 24000, python="/venv/bin/python")
     assert text.startswith("#!/bin/sh\n")
-    assert f'exec /venv/bin/python -m pvelab.qm --lab {tmp_path} "$@"' in text
+    assert f'exec /venv/bin/python -m pvelab.pve.qm --lab {tmp_path} "$@"' in text
     assert "PVELAB_PORT_BASE=24000" in text
 
 
 def test_sshd_config_passes_sshd_t(tmp_path: Path) -> None:
     paths = LabPaths(tmp_path)
     seed.ensure_operator_key(paths)
-    config = pvehost.write_files(paths, 22000)
-    subprocess.run([pvehost.SSHD, "-t", "-f", str(config)], check=True)
+    config = node.write_files(paths, 22000)
+    subprocess.run([node.SSHD, "-t", "-f", str(config)], check=True)
 
 
 @pytest.fixture
@@ -53,10 +54,10 @@ def pve(tmp_path: Path):  # type: ignore[no-untyped-def]
     paths = LabPaths(tmp_path)
     port = free_port()
     seed.ensure_operator_key(paths)
-    pvehost.start(paths, port)
-    seed.write_known_hosts(paths, [(port, pvehost.host_key(paths).with_suffix(".pub"))])
+    node.start(paths, port)
+    seed.write_known_hosts(paths, [(port, node.host_key(paths).with_suffix(".pub"))])
     yield paths, port
-    pvehost.stop(paths)
+    node.stop(paths)
 
 
 def test_non_interactive_ssh_finds_the_stand_in_qm(pve) -> None:  # type: ignore[no-untyped-def]

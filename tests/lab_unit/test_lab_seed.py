@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from pvelab import fleet, pvehost, seed
+from pvelab.fleet import roster, seed
 from pvelab.paths import LabPaths
+from pvelab.pve import node
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def paths(tmp_path: Path) -> LabPaths:
 
 
 def test_seed_tar_holds_the_five_files(paths: LabPaths) -> None:
-    tar = seed.write_seed(paths, fleet.by_name("pihole"))
+    tar = seed.write_seed(paths, roster.by_name("pihole"))
     members = seed.read_seed(tar)
     assert sorted(members) == sorted(seed.SEED_FILES)
     assert members["hostname"] == b"pihole\n"
@@ -30,23 +31,23 @@ def test_seed_tar_holds_the_five_files(paths: LabPaths) -> None:
 
 def test_each_vm_has_its_own_host_key(paths: LabPaths) -> None:
     pubs = set()
-    for vm in fleet.FLEET:
+    for vm in roster.FLEET:
         seed.write_seed(paths, vm)
-        pubs.add(seed.read_seed(fleet.seed_tar(paths, vm))["ssh_host_ed25519_key.pub"])
-    assert len(pubs) == len(fleet.FLEET)
+        pubs.add(seed.read_seed(roster.seed_tar(paths, vm))["ssh_host_ed25519_key.pub"])
+    assert len(pubs) == len(roster.FLEET)
 
 
 def test_reseed_keeps_the_host_key(paths: LabPaths) -> None:
-    vm = fleet.by_name("pbs")
+    vm = roster.by_name("pbs")
     first = seed.read_seed(seed.write_seed(paths, vm))["ssh_host_ed25519_key"]
     again = seed.read_seed(seed.write_seed(paths, vm))["ssh_host_ed25519_key"]
     assert first == again
 
 
 def test_known_hosts_pins_pve_host_and_vms(paths: LabPaths) -> None:
-    pvehost.write_files(paths, 22000)
-    entries = [(22000, pvehost.host_key(paths).with_suffix(".pub"))]
-    for vm in fleet.FLEET:
+    node.write_files(paths, 22000)
+    entries = [(22000, node.host_key(paths).with_suffix(".pub"))]
+    for vm in roster.FLEET:
         seed.write_seed(paths, vm)
         key = seed.host_key(paths, vm)
         entries.append((vm.ssh_port(22000), key.with_name(key.name + ".pub")))

@@ -19,10 +19,12 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from pvelab import qm, qmfmt, qmguest, vmstate
 from pvelab.paths import LabPaths
-from pvelab.qmctx import Context, node_name
-from pvelab.qmopts import Command, Option, UsageError, parse
+from pvelab.pve import vmstate
+from pvelab.pve.qm import cli as qm
+from pvelab.pve.qm import formats, guest
+from pvelab.pve.qm.context import Context, node_name
+from pvelab.pve.qm.options import Command, Option, UsageError, parse
 
 NODE = node_name()
 LIB = str(Path(__file__).resolve().parents[2] / "lib")
@@ -128,7 +130,7 @@ OSINFO = {
 
 
 def test_perl_json_matches_reference_osinfo() -> None:
-    assert qmfmt.agent_result(OSINFO) == (
+    assert formats.agent_result(OSINFO) == (
         "{\n"
         '   "id" : "debian",\n'
         '   "kernel-release" : "6.1.0-26-amd64",\n'
@@ -144,7 +146,7 @@ def test_perl_json_matches_reference_osinfo() -> None:
 
 def test_perl_json_nested_arrays_and_empties() -> None:
     value = {"b": [1, {"x": True}], "a": [], "c": {}}
-    assert qmfmt.perl_json(value) == (
+    assert formats.perl_json(value) == (
         '{\n   "a" : [],\n   "b" : [\n      1,\n      {\n         "x" : true\n      }\n'
         '   ],\n   "c" : {}\n}'
     )
@@ -155,22 +157,22 @@ def test_perl_json_nested_arrays_and_empties() -> None:
     [({}, ""), (None, ""), ("thawed", "thawed\n"), (1732400000000000000, "1732400000000000000\n")],
 )
 def test_agent_result_scalars_and_empty(result: object, text: str) -> None:
-    assert qmfmt.agent_result(result) == text
+    assert formats.agent_result(result) == text
 
 
 def test_exec_status_booleans_become_numbers() -> None:
-    res = qmfmt.booleans_to_ints({"exited": True, "exitcode": 0, "out-data": "hello\n"})
-    assert qmfmt.perl_json(res) == (
+    res = formats.booleans_to_ints({"exited": True, "exitcode": 0, "out-data": "hello\n"})
+    assert formats.perl_json(res) == (
         '{\n   "exitcode" : 0,\n   "exited" : 1,\n   "out-data" : "hello\\n"\n}'
     )
 
 
 def test_qm_list_printf_format() -> None:
     rows = [
-        qmfmt.ListRow(101, "VM 101", "stopped", 512 << 20, 0, 0),
-        qmfmt.ListRow(100, "ubuntu-2204", "running", 2048 << 20, 32 << 30, 12345),
+        formats.ListRow(101, "VM 101", "stopped", 512 << 20, 0, 0),
+        formats.ListRow(100, "ubuntu-2204", "running", 2048 << 20, 32 << 30, 12345),
     ]
-    assert qmfmt.qm_list(rows) == (
+    assert formats.qm_list(rows) == (
         "      VMID NAME                 STATUS     MEM(MB)    BOOTDISK(GB) PID       \n"
         "       100 ubuntu-2204          running    2048              32.00 12345     \n"
         "       101 VM 101               stopped    512                0.00 0         \n"
@@ -178,12 +180,12 @@ def test_qm_list_printf_format() -> None:
 
 
 def test_qm_list_empty_prints_nothing() -> None:
-    assert qmfmt.qm_list([]) == ""
+    assert formats.qm_list([]) == ""
 
 
 def test_status_verbose_sorted_without_cpu() -> None:
     stat = {"vmid": 100, "status": "running", "cpu": 0, "name": "a", "nics": {"tap0": {"netin": 1}}}
-    assert qmfmt.status_verbose(stat) == (
+    assert formats.status_verbose(stat) == (
         "name: a\nnics:\n\ttap0:\n\t\tnetin: 1\nstatus: running\nvmid: 100\n"
     )
 
@@ -193,13 +195,20 @@ def test_status_verbose_sorted_without_cpu() -> None:
 
 @dataclass(frozen=True)
 class Qm:
-    """Runs `python -m pvelab.qm --lab <lab>` like the PVE host's `qm` wrapper does."""
+    """Runs `python -m pvelab.pve.qm --lab <lab>` like the PVE host's `qm` wrapper does."""
 
     paths: LabPaths
 
     def __call__(self, *args: str | int, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PYTHONPATH": LIB, "PVELAB_ACCEL": "tcg"}
-        cmd = [sys.executable, "-m", "pvelab.qm", "--lab", str(self.paths.root), *map(str, args)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pvelab.pve.qm",
+            "--lab",
+            str(self.paths.root),
+            *map(str, args),
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
     def write_conf(self, vmid: int, text: str) -> None:
@@ -523,7 +532,7 @@ def test_guest_cmd_ping_prints_nothing(agent_peer: Callable[..., Context]) -> No
 def test_guest_cmd_osinfo_pretty_json(agent_peer: Callable[..., Context]) -> None:
     ctx = agent_peer(**{"guest-get-osinfo": {"return": OSINFO}})
     assert qm.run(ctx, ["agent", "900", "get-osinfo"]) == 0
-    assert ctx.stdout.getvalue() == qmfmt.agent_result(OSINFO)  # type: ignore[attr-defined]
+    assert ctx.stdout.getvalue() == formats.agent_result(OSINFO)  # type: ignore[attr-defined]
 
 
 def test_guest_cmd_agent_error_printed_exit_0(agent_peer: Callable[..., Context]) -> None:
@@ -556,4 +565,4 @@ def test_guest_exec_async_returns_pid(agent_peer: Callable[..., Context]) -> Non
 
 
 def test_guest_commands_enum_is_pves() -> None:
-    assert len(qmguest.GUEST_COMMANDS) == 20 and "network-get-interfaces" in qmguest.GUEST_COMMANDS
+    assert len(guest.GUEST_COMMANDS) == 20 and "network-get-interfaces" in guest.GUEST_COMMANDS

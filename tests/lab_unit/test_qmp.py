@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pvelab.qmp import (
+from pvelab.pve.qmp import (
     MonitorCommandError,
     MonitorConnectError,
     MonitorTimeout,

@@ -13,8 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from pvelab import debs, repo
-from pvelab.image import Image
+from pvelab.image import debs, repo, updates
+from pvelab.image.build import Image
 
 APT_SIMULATION = """\
 NOTE: This is only a simulation!
@@ -102,15 +102,15 @@ def test_slow_preinst_sleeps_for_configured_seconds(tmp_path: Path) -> None:
 
 
 def test_parse_simulation_reads_upgrades_and_new_packages() -> None:
-    assert repo.parse_simulation(APT_SIMULATION) == [
-        repo.Upgrade("libssl3", "3.0.15-1~deb12u1", "3.0.16-1~deb12u1"),
-        repo.Upgrade("openssl", "3.0.15-1~deb12u1", "3.0.16-1~deb12u1"),
-        repo.Upgrade("libnew1", None, "1.2-3"),
+    assert updates.parse_simulation(APT_SIMULATION) == [
+        updates.Upgrade("libssl3", "3.0.15-1~deb12u1", "3.0.16-1~deb12u1"),
+        updates.Upgrade("openssl", "3.0.15-1~deb12u1", "3.0.16-1~deb12u1"),
+        updates.Upgrade("libnew1", None, "1.2-3"),
     ]
 
 
 def test_update_sources_name_updates_and_security() -> None:
-    text = repo.update_sources(
+    text = updates.update_sources(
         "http://deb.debian.org/debian", "http://deb.debian.org/debian-security"
     )
     assert "bookworm-updates main" in text
@@ -191,7 +191,7 @@ def test_repo_server_serves_packages_on_loopback(tmp_path: Path) -> None:
 
 @pytest.mark.lab
 def test_real_repo_offers_upgrades_over_the_image(tmp_path: Path) -> None:
-    from pvelab.image import ensure_image
+    from pvelab.image.build import ensure_image
 
     image = ensure_image(log=lambda _: None)
     repo.ensure_repo(image, tmp_path / "repo", log=lambda _: None)

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from pvelab import vmconf
 from pvelab.paths import LabPaths
-from pvelab.qemu import qemu_command
+from pvelab.pve import vmconf
+from pvelab.pve.qemu import qemu_command
 
 CONF = """\
 #lab VM%3A pbs
@@ -217,7 +217,7 @@ def test_guestfwd_relay_serves_each_connection(tmp_path: Path) -> None:
     import sys
     import threading
 
-    from pvelab import guestfwd
+    from pvelab.pve import guestfwd
 
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]

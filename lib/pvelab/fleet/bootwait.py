@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pvelab.fleet import VM
+from pvelab.fleet.roster import VM
 from pvelab.paths import LabPaths
-from pvelab.qmp import MonitorError, QGAClient
+from pvelab.pve.qmp import MonitorError, QGAClient
 from pvelab.sshcmd import CommandResult, LabError
 
 Log = Callable[[str], None]

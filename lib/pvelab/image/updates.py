@@ -1,29 +1,18 @@
-"""The lab's flat apt repository: the image's debs, real Debian updates, the test packages."""
+"""Real Debian updates for the lab's repository: the host's mirrors, a few small upgrades."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from pvelab import debs
-
-if TYPE_CHECKING:
-    from pvelab.image import Image
 
 Log = Callable[[str], None]
 Chroot = Callable[..., str]
 
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MAX_UPDATES = 4  # a few real updates prove the point; each costs seconds under TCG
 MAX_UPDATE_KIB = 8 * 1024  # installed size: small packages install in seconds under TCG
 # Kernels and anything that regenerates the initramfs take minutes under TCG.
@@ -32,13 +21,21 @@ SLOW_PATHS = ("/usr/share/initramfs-tools/", "/etc/initramfs-tools/", "/lib/modu
 _INST = re.compile(r"^Inst (\S+) (?:\[(\S+)\] )?\((\S+) ", re.M)
 
 
-class RepoError(Exception):
-    """The repository could not be built; `.command` and `.output` say why."""
+def host_mirrors() -> tuple[str, str]:
+    """The Debian and Debian-security mirrors named in the host's apt sources (else defaults)."""
+    text = ""
+    for source in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
+        if source.suffix in ("", ".list", ".sources") and source.is_file():
+            text += source.read_text(errors="replace") + "\n"
+    return parse_mirrors(text)
 
-    def __init__(self, command: list[str], output: str) -> None:
-        super().__init__(f"repo: `{' '.join(command)}` failed:\n{output[-2000:]}")
-        self.command = command
-        self.output = output
+
+def parse_mirrors(text: str) -> tuple[str, str]:
+    """(debian, debian-security) mirror URLs from apt sources text, one-line or deb822."""
+    urls = re.findall(r"(?:^deb\s+(?:\[[^]]*\]\s+)?|^URIs:\s*)(https?://\S+)", text, re.M)
+    main = next((u for u in urls if re.search(r"/debian/?$", u)), DEFAULT_MIRROR)
+    security = next((u for u in urls if re.search(r"/debian-security/?$", u)), None)
+    return main.rstrip("/"), (security or main.rstrip("/") + "-security").rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -127,79 +124,3 @@ def fetch_updates(
     shutil.rmtree(workdir)
     record = {"chosen": {u.name: [u.old, u.new] for u in chosen}, "skipped": skipped}
     (dest / "updates.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-
-
-def write_indexes(repo_dir: Path) -> None:
-    """Packages, Packages.gz and a Release with their hashes (flat repository, `./`)."""
-    proc = subprocess.run(
-        ["dpkg-scanpackages", "-m", "."], cwd=repo_dir, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise RepoError(["dpkg-scanpackages", "-m", "."], proc.stderr)
-    (repo_dir / "Packages").write_text(proc.stdout)
-    with gzip.GzipFile(repo_dir / "Packages.gz", "wb", mtime=0) as gz:
-        gz.write(proc.stdout.encode())
-    lines = [
-        "Origin: pvelab", "Label: pvelab", "Suite: pvelab", "Codename: pvelab",
-        time.strftime("Date: %a, %d %b %Y %H:%M:%S UTC", time.gmtime()),
-        "Architectures: amd64 all", "Description: pvelab lab repository",
-    ]  # fmt: skip
-    for algo, field in (("md5", "MD5Sum"), ("sha256", "SHA256")):
-        lines.append(f"{field}:")
-        for name in ("Packages", "Packages.gz"):
-            data = (repo_dir / name).read_bytes()
-            lines.append(f" {hashlib.new(algo, data).hexdigest()} {len(data)} {name}")
-    (repo_dir / "Release").write_text("\n".join(lines) + "\n")
-
-
-def repo_key(image: Image) -> str:
-    """Cache key of the built repository: the image recipe (which covers this file)."""
-    return image.recipe
-
-
-def _build_cached(image: Image, log: Log) -> Path:
-    cached = image.dir / f"repo-{repo_key(image)}"
-    if (cached / "Release").is_file():
-        return cached
-    tmp = image.dir / f"repo.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    began = time.monotonic()
-    for sub in ("base", "updates"):
-        for deb in sorted((image.pool / sub).glob("*.deb")):
-            os.link(deb, tmp / deb.name)
-    debs.build_all(debs.ALL, debs.UPDATE_VERSION, tmp)
-    write_indexes(tmp)
-    os.rename(tmp, cached)
-    count = len(list(cached.glob("*.deb")))
-    log(f"[repo] built {cached} ({count} packages) in {time.monotonic() - began:.1f} s")
-    return cached
-
-
-def ensure_repo(image: Image, repo_dir: Path, log: Log = print) -> None:
-    """Make `repo_dir` the lab's flat apt repository (hard links into the image cache)."""
-    cached = _build_cached(image, log)
-    stamp = repo_dir / ".pvelab-repo"
-    if stamp.is_file() and stamp.read_text().strip() == cached.name:
-        return
-    shutil.rmtree(repo_dir, ignore_errors=True)
-    repo_dir.mkdir(parents=True)
-    for path in cached.iterdir():
-        try:
-            os.link(path, repo_dir / path.name)
-        except OSError:  # another filesystem: copy instead
-            shutil.copy2(path, repo_dir / path.name)
-    stamp.write_text(cached.name + "\n")
-    log(f"[repo] {repo_dir} ready")
-
-
-def start_repo_server(repo_dir: Path, port: int, log_file: Path) -> int:
-    """Serve `repo_dir` on 127.0.0.1:port in a detached process; returns its pid."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
-             "--directory", str(repo_dir), str(port)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-        )  # fmt: skip
-    return proc.pid

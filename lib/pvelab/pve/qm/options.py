@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pvelab.vmconf import parse_boolean
+from pvelab.pve.vmconf import parse_boolean
 
 VMID_MIN, VMID_MAX = 100, 999_999_999
 

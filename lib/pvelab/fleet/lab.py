@@ -10,20 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pvelab import (
-    bootwait,
-    faults,
-    fleet,
-    inventory,
-    procs,
-    provision,
-    pvehost,
-    seed,
-    vmconf,
-    vmstate,
-)
-from pvelab.fleet import FLEET, VM
+from pvelab import procs
+from pvelab.fleet import bootwait, faults, inventory, provision, roster, seed
+from pvelab.fleet.roster import FLEET, VM
 from pvelab.paths import LabPaths, port_base
+from pvelab.pve import accel, node, vmconf, vmstate
 from pvelab.sshcmd import CommandError, CommandResult, LabError, quote, ssh_run
 
 Log = Callable[[str], None]
@@ -84,7 +75,7 @@ class Lab:
     def guest_result(
         self, vm: str | VM, cmd: str | Sequence[str], timeout: float = 120
     ) -> CommandResult:
-        guest = fleet.by_name(vm) if isinstance(vm, str) else vm
+        guest = roster.by_name(vm) if isinstance(vm, str) else vm
         return ssh_run(self.paths, guest.ssh_port(self.base), cmd, host=guest.name, timeout=timeout)
 
     def qm_log(self) -> list[dict[str, Any]]:
@@ -102,7 +93,7 @@ class Lab:
     def up(self, vms: VMs = None, log: Log = print, timeout: float = UP_TIMEOUT) -> dict[str, Any]:
         """Idempotently bring the lab up: image, repo, PVE host, VMs; wait until all answer."""
         began = time.monotonic()
-        selected = fleet.select(vms)
+        selected = roster.select(vms)
         image = self._prepare_host(log)
         for vm in selected:
             self._prepare_vm(vm, image, log)
@@ -121,11 +112,11 @@ class Lab:
 
     def wait(self, vms: VMs = None, timeout: float = UP_TIMEOUT, log: Log = print) -> None:
         """Wait until the given (started) VMs answer: agent (if configured), then SSH login."""
-        states = [self._boot_state(vm) for vm in fleet.select(vms)]
+        states = [self._boot_state(vm) for vm in roster.select(vms)]
         self._wait(states, timeout, log)
 
     def _boot_state(self, vm: VM) -> bootwait.BootState:
-        agent = fleet.conf_get(self.paths.conf(vm.vmid).read_text(), "agent")
+        agent = vmconf.parse_conf(self.paths.conf(vm.vmid).read_text()).get("agent")
         return bootwait.BootState(
             vm, time.monotonic(), vmconf.agent_enabled({"agent": agent or "0"})
         )
@@ -143,11 +134,11 @@ class Lab:
         )
 
     def _prepare_host(self, log: Log) -> Any:
-        from pvelab import accel, image, repo  # heavy: only needed when bringing the lab up
+        from pvelab.image import build, repo  # heavy: only needed when bringing the lab up
 
         for d in (self.paths.root, self.paths.log_dir, self.paths.keys_dir):
             d.mkdir(parents=True, exist_ok=True)
-        img = image.ensure_image(log=log)
+        img = build.ensure_image(log=log)
         repo.ensure_repo(img, self.paths.repo_dir, log=log)
         repo_pid = self._repo_server_pid()
         if repo_pid is None:
@@ -155,23 +146,29 @@ class Lab:
             repo_pid = repo.start_repo_server(self.paths.repo_dir, self.repo_port, log_file)
             log(f"apt repository served on 127.0.0.1:{self.repo_port} (pid {repo_pid})")
         seed.ensure_operator_key(self.paths)
-        sshd_pid = pvehost.start(self.paths, self.base)
+        sshd_pid = node.start(self.paths, self.base)
         log(f"PVE host sshd on 127.0.0.1:{self.base} (pid {sshd_pid})")
         for vm in FLEET:  # every VM's key is pinned, also for VMs not started this time
             seed.write_seed(self.paths, vm)
-        pinned = [(self.base, pvehost.host_key(self.paths).with_name("ssh_host_ed25519_key.pub"))]
+        pinned = [(self.base, node.host_key(self.paths).with_name("ssh_host_ed25519_key.pub"))]
         pinned += [(vm.ssh_port(self.base), _pub(seed.host_key(self.paths, vm))) for vm in FLEET]
         seed.write_known_hosts(self.paths, pinned)
-        accel_kind, accel_reason = accel.probe(self.paths, kernel=img.kernel)
+        self.choose_accel(img.kernel, log)
         self._save_state(
             port_base=self.base,
             repo_port=self.repo_port,
             repo_pid=repo_pid,
             pve_sshd_pid=sshd_pid,
-            accel={"accel": accel_kind, "reason": accel_reason},
             image={"dir": str(img.dir), "base": str(img.base), "kernel": str(img.kernel)},
         )
         return img
+
+    def choose_accel(self, kernel: Path | None, log: Log = print) -> accel.Verdict:
+        """KVM or TCG for this lab's VMs, said in one line; QEMU's own words go to lab.json."""
+        verdict = accel.probe(self.paths, kernel=kernel)
+        log(verdict.line())
+        self._save_state(accel=verdict.record())
+        return verdict
 
     def _repo_server_pid(self) -> int | None:
         pid = self.state().get("repo_pid")
@@ -229,7 +226,7 @@ class Lab:
         pid = self.qemu_pid(vm)
         if pid is None:
             return "not running"
-        if pvehost.running_pid(self.paths) is not None:
+        if node.running_pid(self.paths) is not None:
             result = self.qm("stop", vm.vmid, "--skiplock", 1, timeout=60, check=False)
             if result.ok and self.qemu_pid(vm) is None:
                 return "qm stop"
@@ -243,7 +240,7 @@ class Lab:
             for vm, how in zip(FLEET, pool.map(self.stop_vm, FLEET), strict=True):
                 if how != "not running":
                     log(f"{vm.name}: stopped ({how})")
-        if pvehost.stop(self.paths):
+        if node.stop(self.paths):
             log("PVE host sshd stopped")
         repo_pid = self._repo_server_pid()
         if repo_pid is not None and procs.terminate(repo_pid, grace=5):
@@ -252,7 +249,7 @@ class Lab:
 
     def reset(self, vms: VMs = None, log: Log = print, timeout: float = UP_TIMEOUT) -> dict:
         """Undo every fault: stop, fresh overlay from the base, fresh conf, re-seed; then `up`."""
-        selected = fleet.select(vms)
+        selected = roster.select(vms)
         for vm in selected:
             how = self.stop_vm(vm)
             log(f"{vm.name}: {how}")
@@ -266,7 +263,7 @@ class Lab:
     def fault(self, name: str, vm: str | VM, log: Log = print) -> CommandResult | None:
         """Inject fault `name` into `vm` (guest via SSH as root, and/or its conf)."""
         flt = faults.get(name)
-        guest = fleet.by_name(vm) if isinstance(vm, str) else vm
+        guest = roster.by_name(vm) if isinstance(vm, str) else vm
         faults.check_applicable(flt, guest)
         result = None
         if flt.guest_script is not None:
@@ -285,12 +282,12 @@ class Lab:
     def status(self) -> dict[str, Any]:
         state = self.state()
         repo_pid = self._repo_server_pid()
-        sshd_pid = pvehost.running_pid(self.paths)
+        sshd_pid = node.running_pid(self.paths)
         vms = {}
         for vm in FLEET:
             pid = self.qemu_pid(vm)
             conf = self.paths.conf(vm.vmid)
-            text = conf.read_text() if conf.exists() else ""
+            vm_conf = vmconf.parse_conf(conf.read_text() if conf.exists() else "")
             vms[vm.name] = {
                 "vmid": vm.vmid,
                 "configured": conf.exists(),
@@ -298,8 +295,8 @@ class Lab:
                 "pid": pid,
                 "rss_mib": round((procs.rss_kib(pid) or 0) / 1024) if pid else None,
                 "ssh_port": vm.ssh_port(self.base),
-                "lock": fleet.conf_get(text, "lock"),
-                "agent": fleet.conf_get(text, "agent"),
+                "lock": vm_conf.lock,
+                "agent": vm_conf.get("agent"),
             }
         return {
             "lab": str(self.paths.root),

@@ -1,4 +1,4 @@
-"""The stand-in `qm`: PVE's CLI on the lab's QEMU VMs (`python -m pvelab.qm --lab DIR ...`)."""
+"""The stand-in `qm`: PVE's CLI on the lab's QEMU VMs (`python -m pvelab.pve.qm --lab DIR ...`)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pvelab import qmfmt, qmguest, qmpower, vmconf, vmstate
 from pvelab.paths import LabPaths
-from pvelab.qmctx import Context, QmError, check_lock, node_name
-from pvelab.qmopts import Command, Option, UsageError, parse
-from pvelab.qmp import MonitorError
+from pvelab.pve import vmconf, vmstate
+from pvelab.pve.qm import formats, guest, power
+from pvelab.pve.qm.context import Context, QmError, check_lock, node_name
+from pvelab.pve.qm.options import Command, Option, UsageError, parse
+from pvelab.pve.qmp import MonitorError
 
 SKIPLOCK = Option("skiplock", "boolean")
 TIMEOUT = Option("timeout", "integer", minimum=0)
@@ -30,7 +31,7 @@ def status(ctx: Context, p: dict[str, Any]) -> None:
     """`qm status [--verbose]`."""
     stat = vm_status(ctx, p["vmid"], ctx.load(p["vmid"]).main)
     if p.get("verbose"):
-        ctx.out(qmfmt.status_verbose(stat))
+        ctx.out(formats.status_verbose(stat))
     else:
         ctx.out(f"status: {stat.get('qmpstatus') or 'unknown'}\n")
 
@@ -85,7 +86,7 @@ def list_(ctx: Context, p: dict[str, Any]) -> None:
             continue
         stat = vm_status(ctx, vmid, conf.main, full=bool(p.get("full")))
         rows.append(
-            qmfmt.ListRow(
+            formats.ListRow(
                 vmid,
                 stat["name"],
                 stat.get("qmpstatus") or stat["status"],
@@ -94,7 +95,7 @@ def list_(ctx: Context, p: dict[str, Any]) -> None:
                 stat.get("pid", 0),
             )  # fmt: skip
         )
-    ctx.out(qmfmt.qm_list(rows))
+    ctx.out(formats.qm_list(rows))
 
 
 def config(ctx: Context, p: dict[str, Any]) -> None:
@@ -171,7 +172,7 @@ COMMANDS: dict[str, Entry] = {
             Option("migratedfrom"),
             Option("targetstorage"),
         ),
-        qmpower.start,
+        power.start,
         task=True,
     ),  # fmt: skip
     "stop": Entry(
@@ -183,7 +184,7 @@ COMMANDS: dict[str, Entry] = {
             Option("overrule-shutdown", "boolean"),
             Option("migratedfrom"),
         ),
-        qmpower.stop,
+        power.stop,
         task=True,
     ),  # fmt: skip
     "shutdown": Entry(
@@ -194,19 +195,19 @@ COMMANDS: dict[str, Entry] = {
             Option("forceStop", "boolean"),
             Option("keepActive", "boolean"),
         ),
-        qmpower.shutdown,
+        power.shutdown,
         task=True,
     ),  # fmt: skip
-    "reboot": Entry(_vm("reboot", TIMEOUT), qmpower.reboot, task=True),
+    "reboot": Entry(_vm("reboot", TIMEOUT), power.reboot, task=True),
     "status": Entry(_vm("status", Option("verbose", "boolean")), status),
     "config": Entry(_vm("config", Option("current", "boolean"), Option("snapshot")), config),
     "list": Entry(Command("list", (), (Option("full", "boolean"),)), list_),
     "set": Entry(_vm("set", SKIPLOCK, Option("delete"), *(Option(k) for k in SET_KEYS)), set_),
     "unlock": Entry(_vm("unlock"), unlock),
-    "wait": Entry(_vm("wait", TIMEOUT), qmpower.wait),
+    "wait": Entry(_vm("wait", TIMEOUT), power.wait),
     "guest cmd": Entry(
-        Command("guest cmd", ("vmid", "command"), arg_enums={"command": qmguest.GUEST_COMMANDS}),
-        qmguest.cmd,
+        Command("guest cmd", ("vmid", "command"), arg_enums={"command": guest.GUEST_COMMANDS}),
+        guest.cmd,
     ),
     "guest exec": Entry(
         _vm(
@@ -216,9 +217,9 @@ COMMANDS: dict[str, Entry] = {
             Option("pass-stdin", "boolean"),
             extra_args=True,
         ),
-        qmguest.exec_,
+        guest.exec_,
     ),  # fmt: skip
-    "guest exec-status": Entry(Command("guest exec-status", ("vmid", "pid")), qmguest.exec_status),
+    "guest exec-status": Entry(Command("guest exec-status", ("vmid", "pid")), guest.exec_status),
 }
 ALIASES = {"agent": "guest cmd"}
 
@@ -296,7 +297,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         log_call(paths, {"start": started, "end": _now(), "argv": args, "rc": rc})
     return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -82,10 +81,3 @@ def build_deb(name: str, version: str, out_dir: Path) -> Path:
 def build_all(names: tuple[str, ...], version: str, out_dir: Path) -> list[Path]:
     """Build several packages at one version; returns the .deb paths."""
     return [build_deb(name, version, out_dir) for name in names]
-
-
-def copy_debs(debs: list[Path], dst: Path) -> None:
-    """Copy built packages into a directory (a pool or the image's root)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for deb in debs:
-        shutil.copy2(deb, dst / deb.name)

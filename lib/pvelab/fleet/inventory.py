@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from pvelab.fleet import FLEET, VM
+from pvelab.fleet.roster import FLEET, VM
 from pvelab.paths import LabPaths
 
 PVE_HOST = "pve"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pvelab.fleet import VM, conf_get, conf_set, qemu_args, render_conf
+from pvelab.fleet.roster import VM, qemu_args, render_conf
 from pvelab.paths import LabPaths
+from pvelab.pve.vmconf import edited_conf, parse_conf
 from pvelab.sshcmd import local_run
 
 
@@ -53,7 +54,7 @@ def ensure_conf(paths: LabPaths, vm: VM, kernel: Path, initrd: Path) -> str:
         return "created"
     text = conf.read_text()
     args = qemu_args(paths, vm, kernel, initrd)
-    if conf_get(text, "args") == args:
+    if parse_conf(text).get("args") == args:
         return "kept"
-    conf.write_text(conf_set(text, "args", args))
+    conf.write_text(edited_conf(text, "args", args))
     return "args updated"

@@ -7,10 +7,11 @@ import sys
 import time
 from typing import Any
 
-from pvelab import qmfmt, vmstate
-from pvelab.qmctx import Context, QmError
-from pvelab.qmp import MonitorCommandError, MonitorError
-from pvelab.qmpower import qga_check_running
+from pvelab.pve import vmstate
+from pvelab.pve.qm import formats
+from pvelab.pve.qm.context import Context, QmError
+from pvelab.pve.qm.power import qga_check_running
+from pvelab.pve.qmp import MonitorCommandError, MonitorError
 
 # QS9 API2/Qemu/Agent.pm $guest_agent_commands (the `command` enum).
 GUEST_COMMANDS = (
@@ -44,7 +45,7 @@ def cmd(ctx: Context, p: dict[str, Any]) -> None:
         result = {"error": exc.error}
     except MonitorError as exc:
         raise QmError(str(exc)) from exc
-    ctx.out(qmfmt.agent_result(result))
+    ctx.out(formats.agent_result(result))
 
 
 def _agent_call(ctx: Context, vmid: int, execute: str, arguments: dict[str, Any]) -> Any:
@@ -67,7 +68,7 @@ def exec_status_result(vmid: int, ctx: Context, pid: int) -> dict[str, Any]:
     for key in ("out-data", "err-data"):
         if key in res:
             res[key] = _decode_output(res[key])
-    return qmfmt.booleans_to_ints(res)
+    return formats.booleans_to_ints(res)
 
 
 def exec_(ctx: Context, p: dict[str, Any]) -> None:
@@ -93,7 +94,7 @@ def exec_(ctx: Context, p: dict[str, Any]) -> None:
     res = _agent_call(ctx, vmid, "guest-exec", arguments)
     if sync:
         res = _poll_exec(ctx, vmid, res, p.get("timeout", 30))
-    ctx.out(qmfmt.perl_json(res) + "\n")
+    ctx.out(formats.perl_json(res) + "\n")
 
 
 def _poll_exec(ctx: Context, vmid: int, res: dict[str, Any], timeout: int) -> dict[str, Any]:
@@ -116,4 +117,4 @@ def exec_status(ctx: Context, p: dict[str, Any]) -> None:
         pid = int(p["pid"])
     except ValueError as exc:
         raise QmError(f"pid: type check ('integer') failed - got '{p['pid']}'") from exc
-    ctx.out(qmfmt.perl_json(exec_status_result(vmid, ctx, pid)) + "\n")
+    ctx.out(formats.perl_json(exec_status_result(vmid, ctx, pid)) + "\n")

@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
-from pvelab import vmconf
 from pvelab.paths import LabPaths
-from pvelab.qmp import QGAClient, QMPClient
-from pvelab.vmconf import VMConf
+from pvelab.pve import vmconf
+from pvelab.pve.qmp import QGAClient, QMPClient
+from pvelab.pve.vmconf import VMConf
 
 ENV_NODE = "PVELAB_NODE"
 

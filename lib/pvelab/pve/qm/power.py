@@ -8,11 +8,11 @@ import subprocess
 import time
 from typing import Any
 
-from pvelab import accel, vmconf, vmstate
-from pvelab.qemu import qemu_command
-from pvelab.qmctx import Context, QmError, check_lock
-from pvelab.qmp import MonitorError
-from pvelab.vmconf import VMConf, agent_enabled
+from pvelab.pve import accel, vmconf, vmstate
+from pvelab.pve.qemu import qemu_command
+from pvelab.pve.qm.context import Context, QmError, check_lock
+from pvelab.pve.qmp import MonitorError
+from pvelab.pve.vmconf import VMConf, agent_enabled
 
 PAUSED_STATES = ("paused", "prelaunch", "suspended")
 
@@ -46,7 +46,7 @@ def start(ctx: Context, p: dict[str, Any]) -> None:
 
 def launch(ctx: Context, vmid: int, conf: VMConf, timeout: int | None) -> None:
     """Run QEMU with -daemonize; returns once it daemonized (not when the guest booted)."""
-    kind, _reason = accel.probe(ctx.paths)
+    kind = accel.probe(ctx.paths).accel
     try:
         cmd = qemu_command(conf.main, vmid, ctx.paths, kind)
     except (vmconf.ConfError, ValueError) as exc:

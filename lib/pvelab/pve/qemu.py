@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pvelab.paths import LabPaths, port_base
-from pvelab.vmconf import ConfError, parse_agent, parse_property_string
+from pvelab.pve.vmconf import ConfError, parse_agent, parse_property_string
 
 QEMU_BINARY = "qemu-system-x86_64"
 DEFAULT_MEMORY_MB = 512  # PVE's `memory` default
@@ -38,7 +38,7 @@ def repo_port() -> int:
 
 
 def guestfwd_target() -> str:
-    """`cmd:` relay to the repo port, spawned per guest connection (see pvelab/guestfwd.py).
+    """`cmd:` relay to the repo port, spawned per guest connection (see pvelab/pve/guestfwd.py).
 
     Not `tcp:127.0.0.1:<port>`: QEMU opens that single connection at start (failing the start
     when the repo server is down) and serves no later guest connection.

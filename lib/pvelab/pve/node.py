@@ -11,8 +11,7 @@ from pathlib import Path
 
 from pvelab import procs
 from pvelab.paths import PROJECT_ROOT, LabPaths
-from pvelab.seed import ensure_keypair
-from pvelab.sshcmd import LabError, local_run
+from pvelab.sshcmd import LabError, ensure_keypair, local_run
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")  # Debian's sshd refuses to start without it
@@ -75,7 +74,7 @@ def qm_wrapper_text(paths: LabPaths, base: int, python: str | None = None) -> st
         f"PYTHONPATH={shlex.quote(str(lib))}${{PYTHONPATH:+:$PYTHONPATH}}",
         *(f"{k}={shlex.quote(v)}" for k, v in env.items()),
         "export PYTHONPATH " + " ".join(env),
-        f'exec {shlex.quote(python)} -m pvelab.qm --lab {shlex.quote(str(paths.root))} "$@"',
+        f'exec {shlex.quote(python)} -m pvelab.pve.qm --lab {shlex.quote(str(paths.root))} "$@"',
     ]
     return "\n".join(lines) + "\n"
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -16,19 +14,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvelab import debs
+from pvelab.image import debs, updates
+from pvelab.image.recipe import GUEST_DIR, INCLUDE, SUITE, recipe_hash
 from pvelab.paths import default_cache_dir
 
 Log = Callable[[str], None]
 
-GUEST_DIR = Path(__file__).resolve().parent / "guest"
-SUITE = "bookworm"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DISK_SIZE = "2G"
-INCLUDE = (
-    "systemd-sysv", "udev", "dbus", "openssh-server", "qemu-guest-agent", "linux-image-amd64",
-    "initramfs-tools", "iproute2", "dnsmasq", "procps", "kmod", "netbase", "bind9-dnsutils",
-)  # fmt: skip
 # Slow or useless under TCG (lab-measurements.md); the apt timers must not race the suite.
 MASKED_UNITS = (
     "e2scrub_reap.service", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
@@ -88,47 +80,12 @@ class Image:
         )
 
 
-def recipe_files() -> list[Path]:
-    """Everything whose change must rebuild the image: build code, guest files, test debs."""
-    here = Path(__file__).resolve().parent
-    guest = sorted(p for p in GUEST_DIR.rglob("*") if p.is_file())
-    return [here / "image.py", here / "repo.py", *guest, *debs.source_files()]
-
-
-def recipe_hash(files: Sequence[Path] | None = None, root: Path | None = None) -> str:
-    """Hash of the recipe: file names (relative to `root`), modes, contents, package list."""
-    digest = hashlib.sha256(f"{SUITE}\n{' '.join(INCLUDE)}\n".encode())
-    root = root or Path(__file__).resolve().parents[1]
-    for path in files if files is not None else recipe_files():
-        digest.update(f"{path.relative_to(root)}:{path.stat().st_mode & 0o111:o}\n".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def host_mirrors() -> tuple[str, str]:
-    """The Debian and Debian-security mirrors named in the host's apt sources (else defaults)."""
-    text = ""
-    for source in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
-        if source.suffix in ("", ".list", ".sources") and source.is_file():
-            text += source.read_text(errors="replace") + "\n"
-    return parse_mirrors(text)
-
-
-def parse_mirrors(text: str) -> tuple[str, str]:
-    """(debian, debian-security) mirror URLs from apt sources text, one-line or deb822."""
-    urls = re.findall(r"(?:^deb\s+(?:\[[^]]*\]\s+)?|^URIs:\s*)(https?://\S+)", text, re.M)
-    main = next((u for u in urls if re.search(r"/debian/?$", u)), DEFAULT_MIRROR)
-    security = next((u for u in urls if re.search(r"/debian-security/?$", u)), None)
-    return main.rstrip("/"), (security or main.rstrip("/") + "-security").rstrip("/")
-
-
 class _Builder:
     """One build in a temporary directory; steps log their elapsed time."""
 
-    def __init__(self, work: Path, recipe: str, log: Log) -> None:
+    def __init__(self, work: Path, log: Log) -> None:
         self.work = work
         self.root = work / "root"
-        self.recipe = recipe
         self.log = log
         self.started = time.monotonic()
 
@@ -283,17 +240,15 @@ def _make_disk(b: _Builder) -> None:
         raw.unlink()
 
 
-def _build(work: Path, cache_dir: Path, recipe: str, log: Log) -> dict[str, str]:
-    from pvelab import repo  # repo selects the real Debian updates inside the chroot
-
-    mirror, security = host_mirrors()
-    b = _Builder(work, recipe, log)
+def _build(work: Path, cache_dir: Path, log: Log) -> dict[str, str]:
+    mirror, security = updates.host_mirrors()
+    b = _Builder(work, log)
     _debootstrap(b, cache_dir, mirror)
     _keep_base_debs(b, cache_dir)
     _install_guest_files(b)
     _install_test_packages(b)
     with b.step("pick real Debian updates (bookworm-updates, bookworm-security)"):
-        repo.fetch_updates(b.chroot, b.root, work / "pool" / "updates", mirror, security, log)
+        updates.fetch_updates(b.chroot, b.root, work / "pool" / "updates", mirror, security, log)
         shutil.copyfile(GUEST_DIR / "etc/apt/sources.list", b.root / "etc/apt/sources.list")
     _configure_system(b)
     _small_initrd(b)
@@ -339,7 +294,7 @@ def ensure_image(cache_dir: Path | None = None, log: Log = print) -> Image:
         log(f"[image] building {final} (recipe {recipe})")
         began = time.monotonic()
         try:
-            packages = _build(work, cache_dir, recipe, log)
+            packages = _build(work, cache_dir, log)
         except BaseException:
             _remove_stale(cache_dir)  # keeps a tree that still has mounts: never rm through them
             raise

@@ -113,6 +113,16 @@ def format_conf(conf: VMConf) -> str:
     return out
 
 
+def edited_conf(text: str, key: str, value: str | None) -> str:
+    """`text` with `key` set in the main section (None deletes it), written as PVE writes it."""
+    conf = parse_conf(text)
+    if value is None:
+        conf.main.pop(key, None)
+    else:
+        conf.main[key] = value
+    return format_conf(conf)
+
+
 def encode_text(text: str) -> str:
     """PVE::Tools::encode_text: %-escape control, high-bit characters and ':' (qm config)."""
     out = []

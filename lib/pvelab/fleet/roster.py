@@ -93,23 +93,3 @@ def render_conf(paths: LabPaths, vm: VM, kernel: Path, initrd: Path) -> str:
     if vm.role == "pihole":
         lines.append(f"tags: {DNS_TAG}")
     return "\n".join(lines) + "\n"
-
-
-def conf_set(text: str, key: str, value: str | None) -> str:
-    """Set (or with None, delete) `key:` in the main section of a PVE config text."""
-    lines = text.splitlines()
-    end = next((i for i, line in enumerate(lines) if line.startswith("[")), len(lines))
-    main = [line for line in lines[:end] if line.strip() and not line.startswith(f"{key}:")]
-    if value is not None:
-        main.append(f"{key}: {value}")
-    rest = ["", *lines[end:]] if end < len(lines) else []
-    return "\n".join(main + rest) + "\n"
-
-
-def conf_get(text: str, key: str) -> str | None:
-    for line in text.splitlines():
-        if line.startswith("["):
-            break
-        if line.startswith(f"{key}:"):
-            return line.split(":", 1)[1].strip()
-    return None

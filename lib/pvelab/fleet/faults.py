@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pvelab.fleet import VM, conf_set
+from pvelab.fleet.roster import VM
+from pvelab.pve.vmconf import edited_conf
 from pvelab.sshcmd import LabError
 
 AGENT_MISSING = """\
@@ -151,5 +152,5 @@ def check_applicable(fault: Fault, vm: VM) -> None:
 def apply_conf(fault: Fault, text: str) -> str:
     """The VM's conf text with the fault's host-side edits made."""
     for key, value in fault.conf.items():
-        text = conf_set(text, key, value)
+        text = edited_conf(text, key, value)
     return text

@@ -7,15 +7,18 @@ import os
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from pvelab.paths import LabPaths
+from pvelab.paths import LabPaths, default_cache_dir
 
 ENV_OVERRIDE = "PVELAB_ACCEL"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 MARKER = b"PVELAB-ACCEL-OK"
 KERNEL_MARKER = b"Linux version"
 CACHE_NAME = "accel.json"
+CACHE_VERSION = 2  # verdicts with a short reason and QEMU's words apart
+KVM_DEVICE = Path("/dev/kvm")
 
 # A boot sector that prints MARKER on COM1 and halts: proves the vCPU executes guest code.
 #   cli; xor ax,ax; mov ds,ax; mov si,msg; mov dx,0x3f8
@@ -23,6 +26,28 @@ CACHE_NAME = "accel.json"
 #   done: hlt; jmp done;  msg: db "PVELAB-ACCEL-OK",13,10,0
 _CODE = bytes.fromhex("fa31c08ed8be167cbaf803ac84c07403eeebf8f4ebfd")
 BOOT_SECTOR = (_CODE + MARKER + b"\r\n\0").ljust(510, b"\0") + b"\x55\xaa"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The acceleration to use, why in a few calm words, and QEMU's own words (for the files)."""
+
+    accel: str  # "kvm" or "tcg"
+    reason: str  # one short line, shown on the terminal
+    detail: str = ""  # QEMU's stderr etc.: kept in accel.json and lab.json, never printed
+    forced: bool = False  # chosen by $PVELAB_ACCEL, not probed
+
+    def line(self) -> str:
+        """The one line the lab prints about its acceleration."""
+        if self.accel == "kvm" or self.forced:
+            return f"[lab] using {self.accel.upper()} ({self.reason})"
+        return (
+            f"[lab] KVM is not usable here ({self.reason}); "
+            "using TCG (software emulation: slower, fine)"
+        )
+
+    def record(self) -> dict[str, str]:
+        return {"accel": self.accel, "reason": self.reason, "detail": self.detail}
 
 
 def boot_id() -> str:
@@ -34,11 +59,11 @@ def boot_id() -> str:
 
 def probe(
     paths: LabPaths | None = None, *, kernel: Path | None = None, refresh: bool = False
-) -> tuple[str, str]:
-    """Return ("kvm"|"tcg", reason). `$PVELAB_ACCEL` overrides; verdicts cached per boot."""
+) -> Verdict:
+    """KVM if it really runs a guest here, else TCG. `$PVELAB_ACCEL` overrides; cached per boot."""
     forced = os.environ.get(ENV_OVERRIDE, "").strip().lower()
     if forced in ("kvm", "tcg"):
-        return forced, f"${ENV_OVERRIDE}={forced}"
+        return Verdict(forced, f"${ENV_OVERRIDE}={forced}", forced=True)
     cache = (paths or LabPaths.default()).root / CACHE_NAME
     if not refresh:
         cached = _read_cache(cache)
@@ -49,19 +74,21 @@ def probe(
     return verdict
 
 
-def _read_cache(cache: Path) -> tuple[str, str] | None:
+def _read_cache(cache: Path) -> Verdict | None:
     try:
         data = json.loads(cache.read_text())
     except (OSError, ValueError):
         return None
-    if data.get("boot_id") != boot_id() or data.get("accel") not in ("kvm", "tcg"):
+    if data.get("boot_id") != boot_id() or data.get("version") != CACHE_VERSION:
         return None
-    return data["accel"], data.get("reason", "")
+    if data.get("accel") not in ("kvm", "tcg"):
+        return None
+    return Verdict(data["accel"], str(data.get("reason", "")), str(data.get("detail", "")))
 
 
-def _write_cache(cache: Path, verdict: tuple[str, str]) -> None:
+def _write_cache(cache: Path, verdict: Verdict) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
-    record = {"boot_id": boot_id(), "accel": verdict[0], "reason": verdict[1]}
+    record = {"boot_id": boot_id(), "version": CACHE_VERSION, **verdict.record()}
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
     tmp.write_text(json.dumps(record) + "\n")
     os.replace(tmp, cache)
@@ -69,37 +96,41 @@ def _write_cache(cache: Path, verdict: tuple[str, str]) -> None:
 
 def find_cached_kernel() -> Path | None:
     """A kernel from the image cache (`<cache>/<hash>/vmlinuz*`), if one was built."""
-    from pvelab.paths import default_cache_dir
-
     found = sorted(default_cache_dir().glob("*/vmlinuz*"))
     return found[0] if found else None
 
 
-def _probe_kvm(kernel: Path | None) -> tuple[str, str]:
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg", "/dev/kvm missing or not accessible"
+def _probe_kvm(kernel: Path | None) -> Verdict:
+    if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
+        return Verdict("tcg", f"{KVM_DEVICE} missing or not accessible")
     with tempfile.TemporaryDirectory(prefix="pvelab-accel-") as tmp:
         disk = Path(tmp) / "boot.img"
         disk.write_bytes(BOOT_SECTOR)
-        ok, detail = run_guest(
-            ["-drive", f"file={disk},format=raw,if=ide"],
-            Path(tmp) / "serial-boot",
-            MARKER,
-            wait=10.0,
+        run = run_guest(
+            ["-drive", f"file={disk},format=raw,if=ide"], Path(tmp) / "serial-boot", MARKER, 10.0
         )
-        if not ok:
-            return "tcg", f"kvm boot-sector probe failed: {detail}"
+        if not run.ok:
+            return Verdict("tcg", f"a test guest under KVM {run.outcome}", run.stderr)
         if kernel is None:
-            return "kvm", "kvm ran the probe boot sector (no cached kernel to try)"
-        ok, detail = run_guest(
+            return Verdict("kvm", "KVM ran the probe boot sector (no cached kernel to try)")
+        run = run_guest(
             ["-kernel", str(kernel), "-append", "console=ttyS0 earlyprintk=ttyS0"],
             Path(tmp) / "serial-kernel",
             KERNEL_MARKER,
-            wait=15.0,
+            15.0,
         )
-        if not ok:
-            return "tcg", f"kvm kernel probe failed: {detail}"
-        return "kvm", f"kvm booted {kernel.name} to '{KERNEL_MARKER.decode()}' on serial"
+        if not run.ok:
+            return Verdict("tcg", f"the lab's kernel under KVM {run.outcome}", run.stderr)
+        return Verdict("kvm", f"KVM booted {kernel.name} to '{KERNEL_MARKER.decode()}' on serial")
+
+
+@dataclass(frozen=True)
+class GuestRun:
+    """How a throwaway QEMU run ended: `outcome` in a few words, QEMU's stderr apart."""
+
+    ok: bool
+    outcome: str
+    stderr: str = ""
 
 
 def run_guest(
@@ -108,7 +139,7 @@ def run_guest(
     marker: bytes,
     wait: float,
     accel: tuple[str, ...] = ("-accel", "kvm", "-cpu", "host"),
-) -> tuple[bool, str]:
+) -> GuestRun:
     """Run a throwaway QEMU until `marker` shows on its serial port or `wait` runs out."""
     cmd = [
         "qemu-system-x86_64",
@@ -131,12 +162,12 @@ def run_guest(
     try:
         while time.monotonic() < deadline:
             if serial.exists() and marker in serial.read_bytes():
-                return True, "marker seen"
+                return GuestRun(True, "printed its marker")
             if proc.poll() is not None:
                 err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-                return False, f"qemu exited with {proc.returncode}: {err[-300:]}"
+                return GuestRun(False, f"stopped at start, QEMU exit {proc.returncode}", err)
             time.sleep(0.1)
-        return False, f"no '{marker.decode()}' on serial within {wait:.0f} s"
+        return GuestRun(False, f"printed nothing on serial within {wait:.0f} s")
     finally:
         if proc.poll() is None:
             proc.kill()
