@@ -134,15 +134,20 @@ class _Binder:
         return ok
 
     def _check_proxmox_hosts_are_not_targets(self) -> None:
-        used = {pve for pve, _ in self.bindings.values()}
+        used_by: dict[str, list[str]] = {}
         for name in self.members:
-            if name in used or PROXMOX_GROUP in self.tree.groups_of(name):
-                why = "is a Proxmox host" + (
-                    f" (in group '{PROXMOX_GROUP}')" if name not in used else ""
-                )
+            pve = self.tree.host_vars(name, self.depth).get("proxmox_host")
+            if isinstance(pve, str):
+                used_by.setdefault(pve, []).append(name)
+        for name in self.members:
+            why = [f"the proxmox_host of '{user}'" for user in used_by.get(name, [])[:3]]
+            if PROXMOX_GROUP in self.tree.groups_of(name):
+                why.append(f"in group '{PROXMOX_GROUP}'")
+            if why:
                 self.problems.add(
-                    f"{why} and also in target group '{self.group}': a Proxmox host is never "
-                    f"patched by pvepatch; remove it from '{self.group}'",
+                    f"is a Proxmox host ({', '.join(why)}) and also in target group "
+                    f"'{self.group}': a Proxmox host is never patched by pvepatch; "
+                    f"remove it from '{self.group}'",
                     host=name,
                 )
 

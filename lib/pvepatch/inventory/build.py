@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,10 @@ def _server(f: Fields, ssh: SSHSpec, resolve: Resolver) -> tuple[str, str]:
     """The DNS server (default: the SSH address) as (address, name as written)."""
     field = "pihole_dns_server" if f.vars.get("pihole_dns_server") is not None else "ansible_host"
     name = f.word("pihole_dns_server", default=ssh.address)
+    try:
+        return str(ipaddress.ip_address(name)), name
+    except ValueError:
+        pass
     try:
         return resolve(name), name
     except LookupError as exc:
