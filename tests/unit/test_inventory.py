@@ -296,3 +296,14 @@ def test_duplicate_key_is_a_warning_naming_the_line(tmp_path):
         f"{tmp_path / 'inventory.yaml'}: line 13: key 'vmid' is given twice in one mapping; "
         "the last one is used (as Ansible does)"
     ]
+
+
+def test_read_yaml_gives_vault_values_as_placeholders(tmp_path):
+    from pvepatch.inventory import read_yaml
+    from pvepatch.inventory.source import Vault
+
+    path = write(
+        tmp_path, "all:\n  vars:\n    ansible_become_password: !vault |\n      $ANSIBLE_VAULT;1.1\n"
+    )
+    value = read_yaml(path)["all"]["vars"]["ansible_become_password"]
+    assert isinstance(value, Vault) and value == "$ANSIBLE_VAULT;1.1\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pvepatch.inventory import build
 from pvepatch.inventory.fields import Fields
@@ -43,8 +44,16 @@ __all__ = [
     "host_name_problem",
     "load_inventory",
     "names",
+    "read_yaml",
     "resolve_address",
 ]
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The inventory file as plain data, read as load_inventory reads it (bounded; `!vault`
+    values become `Vault` strings); raises InventoryError. For other readers, e.g. the redactor."""
+    problems = Problems(str(path))
+    return load_yaml(Path(path), problems)
 
 
 def load_inventory(
