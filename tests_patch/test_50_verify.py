@@ -40,7 +40,7 @@ def test_dns_resolves(target):
 @pytest.mark.pihole
 def test_dns_blocks(target, record):
     spec = target.pihole
-    if not getattr(spec, "blocked_name", None):
+    if spec.blocked_name is None:
         why = "no pihole_blocked_name in the inventory: the block check was not run"
         if why not in record.notes:
             record.notes.append(why)

@@ -2,6 +2,7 @@
 
 PvepatchError
  +-- InventoryError          bad inventory or options: nothing was touched
+ |    +-- InventoryProblems  every problem of one inventory at once (carries .problems)
  +-- TransportError          a host could not be reached or talked to
  |    +-- HostKeyError       unknown or changed SSH host key
  |    +-- CommandTimeout     a command did not finish within its timeout
@@ -115,3 +116,17 @@ class SafetyRefusal(PvepatchError):
         self.vmid = vmid
         self.reason = reason
         super().__init__(f"refused for VM {vmid}: {reason}; nothing was sent")
+
+
+class InventoryProblems(InventoryError):
+    """Every problem found in one inventory, reported at once; `.problems` holds each one."""
+
+    def __init__(self, path: str, problems: list[InventoryError], shown: int = 50):
+        first = problems[0]
+        self.path, self.problems = path, problems
+        self.host, self.field = (first.host, first.field) if len(problems) == 1 else (None, None)
+        lines = [str(p) for p in problems[:shown]]
+        if len(problems) > shown:
+            lines.append(f"... and {len(problems) - shown} more problem(s) not shown")
+        head = [] if len(problems) == 1 else [f"{path}: {len(problems)} problems:"]
+        PvepatchError.__init__(self, "\n".join(head + lines))

@@ -204,7 +204,7 @@ class FakeFleet:
                 return _ok(f'{{\n   "host-name" : "{vm.name}"\n}}\n')
             return _ok("")
         if verb == "set":
-            if vm.lock and not "--skiplock" in words:
+            if vm.lock and "--skiplock" not in words:
                 return _ok("", 255, f"VM is locked ({vm.lock})\n")
             if vm.running:
                 vm.pending["agent"] = "enabled=1"  # not hot-pluggable: applied at the next stop

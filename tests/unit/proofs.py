@@ -38,7 +38,9 @@ class FakeQm:
     def agent_host_name(self) -> str:
         self.asked.append("get-host-name")
         if not self.agent_answers:
-            result = CommandResult("pve", "qm guest cmd", 255, "", "QEMU guest agent is not running", 0)
+            result = CommandResult(
+                "pve", "qm guest cmd", 255, "", "QEMU guest agent is not running", 0
+            )
             raise QmError(result, self.vmid, "qm failed: QEMU guest agent is not running")
         return self.agent_name
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,23 @@ from pvepatch.errors import InventoryError
 from pvepatch.inventory import load_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def no_name_resolution(monkeypatch):
+    """Tests never resolve a name other than localhost (the network rule): fail if they try."""
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def guarded(host, *args, **kwargs):
+        if host not in ("localhost", "127.0.0.1"):
+            asked.append(host)
+            raise OSError(f"test guard: refused to resolve {host!r}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    yield
+    assert asked == [], f"the code tried to resolve {asked}"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -32,6 +50,7 @@ all:
 %s
     pihole:
       vars:
+        ansible_host: 192.0.2.22
         pihole_resolve_name: pi.hole
         pihole_blocked_name: ads.example.com
       hosts:
@@ -144,12 +163,39 @@ def test_same_vmid_on_two_proxmox_hosts_is_fine(tmp_path):
     assert [(t.name, t.proxmox.name) for t in inventory.targets] == [("pbs", "pve"), ("ca", "pve2")]
 
 
-def test_pihole_without_blocked_name_is_an_error(tmp_path):
-    text = (BASE % "        pihole: {vmid: 102, proxmox_host: pve}").replace(
-        "        pihole_blocked_name: ads.example.com\n", ""
+def test_seed_style_pihole_gets_defaults_and_no_block_check(tmp_path):
+    """Only a group membership: resolve pi.hole, no blocked name (the check is skipped)."""
+    text = """
+all:
+  children:
+    proxmox:
+      hosts:
+        pve:
+    ubuntu_vms:
+      hosts:
+        pihole: {ansible_host: 192.0.2.22, vmid: 102, proxmox_host: pve}
+    pihole:
+      hosts:
+        pihole:
+"""
+    spec = load_inventory(write(tmp_path, text)).target("pihole").pihole
+    assert spec is not None
+    assert (spec.server, spec.port, spec.resolve_name, spec.blocked_name, spec.service) == (
+        "192.0.2.22",
+        53,
+        "pi.hole",
+        None,
+        "pihole-FTL",
     )
-    with pytest.raises(InventoryError, match="host 'pihole': 'pihole_blocked_name' is missing"):
-        load_inventory(write(tmp_path, text))
+
+
+def test_pihole_dns_server_given_as_a_name_is_resolved(tmp_path):
+    text = (BASE % "        pihole: {vmid: 102, proxmox_host: pve}").replace(
+        "        ansible_host: 192.0.2.22\n", "        pihole_dns_server: localhost\n"
+    )
+    spec = load_inventory(write(tmp_path, text)).target("pihole").pihole
+    assert spec is not None and spec.server_name == "localhost"
+    assert spec.server in {"127.0.0.1", "::1"}
 
 
 def test_yaml_syntax_error_names_line(tmp_path):
@@ -186,13 +232,78 @@ def test_limit_by_name_group_and_exclusion(tmp_path):
         inv(tmp_path, hosts, limit="pve")
 
 
-def test_proxmox_hosts_are_never_targets(tmp_path):
-    inventory = inv(tmp_path, "        pbs: {vmid: 101, proxmox_host: pve}")
-    assert "pve" not in [t.name for t in inventory.targets]
-    with pytest.raises(
-        InventoryError, match="'proxmox_host' names 'ca', which is itself a target VM"
-    ):
-        inv(
-            tmp_path,
-            "        pbs: {vmid: 101, proxmox_host: ca}\n        ca: {vmid: 104, proxmox_host: pve}",
+def test_proxmox_host_in_the_target_group_is_refused(tmp_path):
+    """pve is bound as a Proxmox host and listed in ubuntu_vms: refused, never a target."""
+    with pytest.raises(InventoryError) as excinfo:
+        inv(tmp_path, "        pbs: {vmid: 101, proxmox_host: pve}\n        pve:")
+    assert (
+        f"{tmp_path / 'inventory.yaml'}: host 'pve': is a Proxmox host (the proxmox_host of "
+        "'pbs', in group 'proxmox') and also in target group 'ubuntu_vms': a Proxmox host is "
+        "never patched by pvepatch; remove it from 'ubuntu_vms'" in str(excinfo.value).splitlines()
+    )
+
+
+def test_proxmox_group_member_in_the_target_group_is_refused(tmp_path):
+    text = (
+        (BASE % "        pbs: {vmid: 101, proxmox_host: pve}")
+        .replace(
+            "        pve: {ansible_host: 192.0.2.10}",
+            "        pve: {ansible_host: 192.0.2.10}\n        pve2: {vmid: 200, proxmox_host: pve}",
         )
+        .replace("    ubuntu_vms:\n", "    ubuntu_vms:\n      children:\n        proxmox:\n")
+    )
+    with pytest.raises(
+        InventoryError,
+        match=r"host 'pve2': is a Proxmox host \(in group 'proxmox'\) and also in target group",
+    ):
+        load_inventory(write(tmp_path, text))
+
+
+def test_limit_name_that_is_both_group_and_host_warns_as_ansible(tmp_path):
+    inventory = load_inventory(ROOT / "inventory.yaml", limit="pihole")
+    assert [t.name for t in inventory.targets] == ["pihole", "pihole-backup"]
+    assert inventory.warnings == [
+        "--limit 'pihole': found both group and host with same name: selecting the group, as "
+        "Ansible does (hosts: pihole, pihole-backup); for host 'pihole' alone write "
+        "--limit 'pihole,!pihole-backup'"
+    ]
+    alone = load_inventory(ROOT / "inventory.yaml", limit="pihole,!pihole-backup")
+    assert [t.name for t in alone.targets] == ["pihole"]
+    assert load_inventory(ROOT / "inventory.yaml", limit="pbs").warnings == []
+
+
+def test_vault_value_where_unused_is_accepted(tmp_path):
+    hosts = """        pbs:
+          vmid: 101
+          proxmox_host: pve
+          ansible_become_password: !vault |
+            $ANSIBLE_VAULT;1.1;AES256
+            6162636465
+"""
+    assert [t.name for t in inv(tmp_path, hosts).targets] == ["pbs"]
+
+
+def test_ansible_unsafe_tag_is_a_plain_string(tmp_path):
+    inventory = inv(
+        tmp_path, "        pbs: {vmid: 101, proxmox_host: pve, ansible_user: !unsafe 'op{{x}}'}"
+    )
+    assert inventory.targets[0].ssh.user == "op{{x}}"
+
+
+def test_duplicate_key_is_a_warning_naming_the_line(tmp_path):
+    inventory = inv(tmp_path, "        pbs: {vmid: 101, proxmox_host: pve, vmid: 101}")
+    assert inventory.warnings == [
+        f"{tmp_path / 'inventory.yaml'}: line 13: key 'vmid' is given twice in one mapping; "
+        "the last one is used (as Ansible does)"
+    ]
+
+
+def test_read_yaml_gives_vault_values_as_placeholders(tmp_path):
+    from pvepatch.inventory import read_yaml
+    from pvepatch.inventory.source import Vault
+
+    path = write(
+        tmp_path, "all:\n  vars:\n    ansible_become_password: !vault |\n      $ANSIBLE_VAULT;1.1\n"
+    )
+    value = read_yaml(path)["all"]["vars"]["ansible_become_password"]
+    assert isinstance(value, Vault) and value == "$ANSIBLE_VAULT;1.1\n"

@@ -28,8 +28,16 @@ def test_a_bound_running_vm_is_proven_by_mac_and_agent_host_name():
     "qm, guest, reason",
     [
         (FakeQm(mac="bc:24:11:00:00:02"), FakeGuest(), "wrong binding: VM 101 on pve has NIC MAC"),
-        (FakeQm(agent_name="pihole"), FakeGuest(), "reports host name 'pihole', but SSH reaches 'pbs'"),
-        (FakeQm(agent_answers=False), FakeGuest(), "does not answer, so the binding cannot be proven"),
+        (
+            FakeQm(agent_name="pihole"),
+            FakeGuest(),
+            "reports host name 'pihole', but SSH reaches 'pbs'",
+        ),
+        (
+            FakeQm(agent_answers=False),
+            FakeGuest(),
+            "does not answer, so the binding cannot be proven",
+        ),
         (FakeQm(status="stopped"), FakeGuest(), "VM 101 on pve is stopped, expected running"),
         (FakeQm(), FakeGuest(key=None), "host key was not verified"),
         (FakeQm(), TransportError("pbs", "Connection refused"), "cannot be reached over SSH"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from proofs import running_proof, stopped_proof
 from pvepatch.errors import QmError
 from pvepatch.proxmox.parse import (
     RunStatus,
@@ -15,7 +16,6 @@ from pvepatch.proxmox.parse import (
 )
 from pvepatch.proxmox.qm import Qm
 from pvepatch.transport.command import CommandResult
-from proofs import running_proof, stopped_proof
 
 # From ../shared/reference/proxmox-qm.md (sections 1.7, 1.9, 1.10, 1.12).
 OSINFO = """{

@@ -167,3 +167,84 @@ def test_large_output_arrives_whole(sshd, keys, tmp_path):
     kh.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {keys[0].get_base64()}\n")
     result = transport(sshd, keys, kh).run("big 3000000", timeout=30, mutating=False)
     assert len(result.stdout) == 3_000_000 and len(result.stderr) == 3000
+
+
+def _line(sshd, key: paramiko.PKey, names: str | None = None, marker: str = "") -> str:
+    names = names or f"[127.0.0.1]:{sshd.port}"
+    return f"{marker + ' ' if marker else ''}{names} {key.get_name()} {key.get_base64()}\n"
+
+
+def test_hashed_known_hosts_entry_connects(sshd, keys, tmp_path):
+    import subprocess
+
+    kh = tmp_path / "known_hosts"
+    kh.write_text(_line(sshd, keys[0]))
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(kh)], check=True, capture_output=True)
+    assert kh.read_text().startswith("|1|")
+    t = transport(sshd, keys, kh)
+    assert t.run("echo hashed", timeout=30, mutating=False).stdout == "hashed\n"
+    t.close()
+
+
+def test_wildcard_port_pattern_connects_and_negation_excludes(sshd, keys, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(_line(sshd, keys[0], "[127.0.0.1]:*"))
+    transport(sshd, keys, kh).connect()
+    kh.write_text(_line(sshd, keys[0], f"[127.0.0.1]:*,![127.0.0.1]:{sshd.port}"))
+    with pytest.raises(HostKeyError, match="host key unknown"):
+        transport(sshd, keys, kh).connect()
+
+
+def test_revoked_key_is_refused_naming_host_and_file(sshd, keys, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(_line(sshd, keys[0]) + "# rotated\n" + _line(sshd, keys[0], "*", "@revoked"))
+    with pytest.raises(HostKeyError) as excinfo:
+        transport(sshd, keys, kh).connect()
+    assert str(excinfo.value) == (
+        f"vm: host key of [127.0.0.1]:{sshd.port} (ssh-ed25519 {keys[0].fingerprint}) is REVOKED "
+        f"(@revoked in {kh} line 3); refusing to connect"
+    )
+
+
+def test_revoked_key_is_never_recorded_by_accept_new(sshd, keys, tmp_path):
+    kh = tmp_path / "known_hosts"
+    revoked = _line(sshd, keys[0], "other.example", "@revoked")
+    kh.write_text(revoked)
+    with pytest.raises(HostKeyError, match="is REVOKED"):
+        transport(sshd, keys, kh, accept_new=True).connect()
+    assert kh.read_text() == revoked
+
+
+def test_cert_authority_line_is_skipped_and_named(sshd, keys, tmp_path):
+    kh = tmp_path / "known_hosts"
+    ca = paramiko.Ed25519Key.from_private_key_file(_keygen(tmp_path / "ca"))
+    kh.write_text(_line(sshd, ca, "*", "@cert-authority"))
+    with pytest.raises(HostKeyError) as excinfo:
+        transport(sshd, keys, kh).connect()
+    assert "host key unknown" in str(excinfo.value)
+    assert (
+        f"{kh} line 1 trusts a @cert-authority for this host, but host certificates are not "
+        "supported: add the host's own key" in str(excinfo.value)
+    )
+    kh.write_text(_line(sshd, ca, "*", "@cert-authority") + _line(sshd, keys[0]))
+    transport(sshd, keys, kh).connect()
+
+
+@pytest.mark.parametrize("server_key_first", [True, False])
+def test_second_key_of_the_same_type_is_accepted(sshd, keys, tmp_path, server_key_first):
+    old = paramiko.Ed25519Key.from_private_key_file(_keygen(tmp_path / "old"))
+    kh = tmp_path / "known_hosts"
+    lines = [_line(sshd, keys[0]), _line(sshd, old)]
+    kh.write_text("".join(lines if server_key_first else lines[::-1]))
+    t = transport(sshd, keys, kh)
+    assert t.run("echo two", timeout=30, mutating=False).stdout == "two\n"
+    t.close()
+
+
+def test_malformed_lines_are_skipped(sshd, keys, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(
+        "garbage\n@unknown-marker x y z\nhost ssh-ed25519 !!notbase64\n"
+        "host no-such-type AAAA\n" + _line(sshd, keys[0])
+    )
+    transport(sshd, keys, kh).connect()

@@ -17,6 +17,7 @@ from pvepatch.plugin.mode import PATCH, STAGES, names_patch, stage_of
 from pvepatch.plugin.options import add_options, check_options, options_from
 from pvepatch.transport.command import ReadOnlyGuard
 from pvepatch.transport.connections import Connections, TransportFactory, ssh_factory
+from pvepatch.transport.known_hosts import check_host_key_policy
 
 pytest_plugins = ["pvepatch.audit.reporting"]
 
@@ -49,6 +50,11 @@ def pytest_configure(config: pytest.Config) -> None:
     path = config.getoption("inventory") or str(config.rootpath / "inventory.yaml")
     try:
         inventory = load_inventory(path, config.getoption("group"), config.getoption("limit"))
+        check_host_key_policy(
+            inventory,
+            config.getoption("accept_new_host_keys"),
+            [Path(p) for p in config.getoption("known_hosts")],
+        )
     except InventoryError as exc:
         raise pytest.UsageError(f"pvepatch: {exc}\nNothing was touched.") from exc
     guard = ReadOnlyGuard(allow_mutating=False)

@@ -106,7 +106,7 @@ class PvepatchPlugin:
             f"pvepatch: inventory {self.inventory.path}, {len(self.inventory.targets)} target "
             "VM(s): " + ", ".join(str(t) for t in self.inventory.targets),
         ]
-        lines += [f"pvepatch: WARNING: {w}" for w in getattr(self.inventory, "warnings", [])]
+        lines += [f"pvepatch: WARNING: {w}" for w in self.inventory.warnings]
         return lines
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:

@@ -5,6 +5,8 @@ This is the one module that imports paramiko.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,28 +15,45 @@ import paramiko
 
 from pvepatch.errors import CommandTimeout, HostKeyError, TransportError
 from pvepatch.inventory import SSHSpec
+from pvepatch.transport import known_hosts
 from pvepatch.transport.command import CommandResult, quote
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts").expanduser()
 
 
-def _key_host(hostname: str, port: int) -> str:
-    return hostname if port == 22 else f"[{hostname}]:{port}"
+def _key_of(entry: known_hosts.KnownHost) -> paramiko.PKey | None:
+    """The key of a known_hosts line, or None when paramiko cannot read it (skipped, as ssh does)."""
+    try:
+        return paramiko.PKey.from_type_string(entry.key_type, base64.b64decode(entry.key))
+    except (paramiko.SSHException, ValueError, TypeError, binascii.Error):
+        return None
+
+
+def _refuse_revoked(host: str, keys: known_hosts.HostKeys, key: paramiko.PKey) -> None:
+    revoked = keys.revocation(key.get_name(), key.get_base64())
+    if revoked is not None:
+        raise HostKeyError(
+            host,
+            f"host key of {keys.name} ({key.get_name()} {key.fingerprint}) is REVOKED "
+            f"(@revoked in {revoked.where}); refusing to connect",
+        )
 
 
 class _RejectUnknown(paramiko.MissingHostKeyPolicy):
     """Refuse hosts that are not in known_hosts (paramiko's own check refuses changed keys)."""
 
-    def __init__(self, files: Sequence[Path]):
-        self.files = files
+    def __init__(self, host: str, keys: known_hosts.HostKeys, files: Sequence[Path]):
+        self.host, self.keys, self.files = host, keys, files
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
+        _refuse_revoked(self.host, self.keys, key)
         where = ", ".join(str(f) for f in self.files) or "no known_hosts file"
         raise HostKeyError(
-            hostname,
-            f"host key unknown ({key.get_name()} {key.fingerprint}); not in {where}. "
+            self.host,
+            f"host key unknown ({key.get_name()} {key.fingerprint}); not in {where}"
+            f"{self.keys.cert_note()}. "
             "Add it to known_hosts (or run once with --accept-new-host-keys)",
         )
 
@@ -42,12 +61,13 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
 class _AcceptNew(paramiko.MissingHostKeyPolicy):
     """Record unknown host keys in `save_to`, like OpenSSH's StrictHostKeyChecking=accept-new."""
 
-    def __init__(self, save_to: Path):
-        self.save_to = save_to
+    def __init__(self, host: str, keys: known_hosts.HostKeys, save_to: Path):
+        self.host, self.keys, self.save_to = host, keys, save_to
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
+        _refuse_revoked(self.host, self.keys, key)
         self.save_to.parent.mkdir(parents=True, exist_ok=True)
         with self.save_to.open("a") as fh:
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
@@ -72,20 +92,50 @@ class SSHTransport:
         self._client: paramiko.SSHClient | None = None
         self.host_key: str | None = None  # set once connect() has verified it
 
-    def connect(self) -> None:
-        """Open the connection, verifying the host key; raise TransportError/HostKeyError."""
-        client = paramiko.SSHClient()
+    def _host_keys(self) -> tuple[known_hosts.HostKeys, list[Path]]:
         existing = [f for f in self.files if f.is_file()]
+        entries: list[known_hosts.KnownHost] = []
         for f in existing:
             try:
-                client.get_host_keys().load(str(f))
-            except (OSError, paramiko.SSHException) as exc:
+                entries += known_hosts.read(f)
+            except OSError as exc:
                 raise TransportError(self.host, f"cannot read known_hosts {f}: {exc}") from exc
+        name = known_hosts.lookup_name(self.spec.address, self.spec.port)
+        return known_hosts.host_keys(entries, name), existing
+
+    def connect(self) -> None:
+        """Open the connection, verifying the host key; raise TransportError/HostKeyError."""
+        keys, existing = self._host_keys()
+        trusted = [k for e in keys.known if (k := _key_of(e)) is not None]
+        for attempt in range(2):
+            try:
+                self._client = self._connect(keys, existing, trusted)
+                return
+            except paramiko.BadHostKeyException as exc:
+                _refuse_revoked(self.host, keys, exc.key)
+                same = [k for k in trusted if k == exc.key]
+                if not same or attempt:
+                    raise HostKeyError(
+                        self.host,
+                        f"HOST KEY CHANGED for {keys.name}: expected "
+                        f"{exc.expected_key.get_name()} {exc.expected_key.fingerprint}, got "
+                        f"{exc.key.fingerprint}. Refusing to connect (possible impersonation).",
+                    ) from exc
+                # known_hosts lists two keys of this type for the host and paramiko keeps one
+                # per type: the one presented is listed, so trust exactly that one
+                trusted = same
+
+    def _connect(
+        self, keys: known_hosts.HostKeys, existing: list[Path], trusted: list[paramiko.PKey]
+    ) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        for key in trusted:
+            client.get_host_keys().add(keys.name, key.get_name(), key)
         if self.accept_new:
-            save_to = (list(self.files[1:]) or [DEFAULT_KNOWN_HOSTS])[-1]
-            client.set_missing_host_key_policy(_AcceptNew(save_to))
+            save_to = known_hosts.accept_new_file(DEFAULT_KNOWN_HOSTS, self.files[1:])
+            client.set_missing_host_key_policy(_AcceptNew(self.host, keys, save_to))
         else:
-            client.set_missing_host_key_policy(_RejectUnknown(existing))
+            client.set_missing_host_key_policy(_RejectUnknown(self.host, keys, existing))
         try:
             client.connect(
                 self.spec.address,
@@ -98,17 +148,9 @@ class SSHTransport:
                 look_for_keys=self.spec.key_file is None,
                 allow_agent=self.spec.key_file is None,
             )
-        except HostKeyError:
+        except (HostKeyError, paramiko.BadHostKeyException):
             client.close()
             raise
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise HostKeyError(
-                self.host,
-                f"HOST KEY CHANGED for {_key_host(self.spec.address, self.spec.port)}: "
-                f"expected {exc.expected_key.get_name()} {exc.expected_key.fingerprint}, "
-                f"got {exc.key.fingerprint}. Refusing to connect (possible impersonation).",
-            ) from exc
         except paramiko.AuthenticationException as exc:
             client.close()
             raise TransportError(
@@ -117,9 +159,9 @@ class SSHTransport:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             client.close()
             raise TransportError(self.host, f"SSH connection to {self.spec} failed: {exc}") from exc
-        self._client = client
         key = client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
         self.host_key = f"{key.get_name()} {key.fingerprint}"
+        return client
 
     @property
     def connected(self) -> bool:
