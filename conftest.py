@@ -1,3 +1,5 @@
-"""Wiring only: load the pvepatch plugin (lib/pvepatch/plugin.py) for the stages in tests_patch/."""
+"""Wiring only. The pvepatch plugin is installed with the package (`pip install .`: the pytest11
+entry point `pvepatch.plugin`); this line also loads it from a plain checkout with PYTHONPATH=lib,
+and is a no-op when the entry point already did."""
 
-pytest_plugins = ["pvepatch.plugin", "pvepatch.audit.reporting"]
+pytest_plugins = ["pvepatch.plugin"]

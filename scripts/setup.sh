@@ -57,10 +57,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 stamp="$VENV/.requirements.sha256"
-want="$(cat "$PROJECT/requirements.txt" "$PROJECT/requirements-dev.txt" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$PROJECT/requirements.txt" "$PROJECT/requirements-dev.txt" "$PROJECT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing Python packages into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$PROJECT/requirements-dev.txt"
+    # pvepatch itself, editable: its pytest11 entry point loads the plugin in every pytest run
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e "$PROJECT"
     echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
