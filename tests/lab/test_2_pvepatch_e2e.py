@@ -182,6 +182,33 @@ def test_wrong_binding_is_refused_before_any_restart(lab, workdir):
     assert not qm_calls(lab, mark, MUTATING_QM)
 
 
+@pytest.mark.parametrize(
+    "selection",
+    [
+        ["-m", "patch and not verify"],
+        ["-m", "patch", "-k", "restart"],
+        ["-m", "patch", "tests_patch/test_40_restart.py::test_vm_shut_down[pbs]"],
+    ],
+    ids=["patch-and-not-verify", "k-restart", "node-id"],
+)
+def test_wrong_binding_is_refused_whatever_the_selection(lab, workdir, selection):
+    """The preflight is not selected: the restart proves the binding itself, against the real
+    stand-in qm and guests, and nothing reaches grafana (vmid 105)."""
+
+    def swap(hosts):
+        hosts.pop("grafana")
+        hosts["pbs"]["vmid"] = 105
+
+    inventory = edited_inventory(lab, workdir, "wrong-vmid.yaml", swap)
+    mark = len(lab.qm_log())
+    pid = lab.qemu_pid(by_name("grafana"))
+    result = run_pvepatch(inventory, *selection, "--limit", "pbs", workdir=workdir)
+    assert result.rc != 0
+    assert "refused qm shutdown: wrong binding: VM 105 on pve" in result.output
+    assert not qm_calls(lab, mark, MUTATING_QM), "a mutating qm command was sent"
+    assert lab.qemu_pid(by_name("grafana")) == pid
+
+
 # --- 3. the seed's failure table, one fault per VM in one run ---------------------------------
 
 

@@ -257,3 +257,10 @@ def test_sigterm_handler_is_restored_after_the_run(suite, fleet):
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_long_waits_say_per_vm_what_they_wait_for(suite, fleet, monkeypatch):
+    monkeypatch.setattr("pvepatch.cycle.wait.PROGRESS_EVERY", 0.1)
+    fleet.vms["pihole"].shutdown_seconds = 0.5
+    result = run(suite, fleet, "-m", "patch", "--limit", "pihole,!pihole-backup")
+    result.stdout.fnmatch_lines(["pvepatch: pihole: shutting down 0 s/180 s"])

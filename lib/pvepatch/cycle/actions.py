@@ -19,7 +19,7 @@ from pvepatch.errors import SafetyRefusal, TransportError
 from pvepatch.guest.apt import Apt, AptRun, diff_packages
 from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
-from pvepatch.proxmox.parse import agent_enabled, net_macs
+from pvepatch.proxmox.parse import AGENT_PORT, agent_enabled, net_macs
 from pvepatch.proxmox.preconditions import Proof, prove_running
 from pvepatch.proxmox.qm import Qm
 from pvepatch.transport.connections import Connections, RecordingTransport
@@ -72,7 +72,7 @@ class VMCycle:
         self.connections = connections
         self.options = options
         self.fleet = fleet
-        self.progress = progress
+        self.progress: Progress = lambda line: progress(f"{self.target.name}: {line}")
         self._guest: Guest | None = None
         self._guest_inner: object | None = None
 
@@ -147,7 +147,7 @@ class VMCycle:
             outcome.enabled_by_run = True
             return outcome
         wait_for(
-            f"{self.target.name}: {AGENT_SERVICE} port",
+            f"{AGENT_PORT} in {self.target.name}",
             guest.virtio_port_is_chardev,
             timeout=60,
             interval=3,

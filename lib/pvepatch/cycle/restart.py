@@ -75,9 +75,7 @@ class Restart:
         if opts.restart_method == "stop":
             outcome.hard_stop = qm.stop(self.proof, opts.stop_timeout, skiplock=opts.skiplock)
         else:
-            with ticking(
-                self.cycle.progress, f"{self.target.name}: shutting down", opts.shutdown_timeout
-            ):
+            with ticking(self.cycle.progress, "shutting down", opts.shutdown_timeout):
                 outcome.shutdown = qm.shutdown(
                     self.proof, opts.shutdown_timeout, skiplock=opts.skiplock
                 )
@@ -102,7 +100,7 @@ class Restart:
             return False
         try:
             wait_for(
-                f"{self.target.name}: stopped (qm status {self.target.vmid})",
+                f"VM {self.target.vmid} to be stopped",
                 lambda: self._status() == "stopped",
                 timeout=60,
                 interval=2,
@@ -136,7 +134,8 @@ class Restart:
 
     def _wait_back(self) -> None:
         outcome, target, qm = self.outcome, self.target, self.qm
-        deadline = time.monotonic() + self.options.boot_timeout
+        started = time.monotonic()
+        deadline = started + self.options.boot_timeout
         before = outcome.before.boot_id if outcome.before else None
         connections = self.cycle.connections
 
@@ -149,16 +148,16 @@ class Restart:
             return boot_id if boot_id != before else None
 
         steps = (
-            ("ssh_back", f"{target.name}: SSH with a new boot_id", ssh_with_new_boot, 5.0),
+            ("ssh_back", f"SSH to {target.name} with a new boot_id", ssh_with_new_boot, 5.0),
             (
                 "port_back",
-                f"{target.name}: {AGENT_PORT}",
+                f"{AGENT_PORT} in {target.name}",
                 lambda: self.cycle.guest().virtio_port_is_chardev(),
                 2.0,
             ),
             (
                 "agent_back",
-                f"{target.name}: qm guest cmd {target.vmid} ping",
+                f"qm guest cmd {target.vmid} ping",
                 lambda: qm.agent_ping().ok,
                 3.0,
             ),
@@ -172,6 +171,7 @@ class Restart:
                     interval=interval,
                     progress=self.cycle.progress,
                     limit=self.options.boot_timeout,
+                    since=started,
                 )
             except PvepatchError as exc:
                 outcome.errors[name] = str(exc)

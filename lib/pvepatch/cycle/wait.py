@@ -25,15 +25,18 @@ def wait_for(
     sleep: Callable[[float], None] = time.sleep,
     progress: Progress | None = None,
     limit: float | None = None,
+    since: float | None = None,
 ) -> T:
     """Call `probe` until it returns a truthy value; raise WaitTimeout after `timeout` seconds.
 
     A PvepatchError raised by `probe` counts as "not yet" (the host may be rebooting); the last
-    one is reported if the deadline passes. `progress` hears `WHAT 12 s/180 s` every
-    PROGRESS_EVERY seconds (`limit`, default `timeout`, is the figure after the slash).
+    one is reported if the deadline passes. `progress` hears `waiting for WHAT 31 s/600 s` every
+    PROGRESS_EVERY seconds: the time since `since` (default: now) and `limit` (default `timeout`),
+    so several waits under one deadline count on from each other.
     """
     start = clock()
     deadline = start + timeout
+    origin = start if since is None else since
     next_report = start + PROGRESS_EVERY
     last = ""
     while True:
@@ -48,19 +51,20 @@ def wait_for(
         if now >= deadline:
             raise WaitTimeout(what, timeout, last)
         if progress is not None and now >= next_report:
-            progress(f"{what}: waiting {now - start:.0f} s/{limit or timeout:.0f} s")
+            progress(f"waiting for {what} {now - origin:.0f} s/{limit or timeout:.0f} s")
             next_report = now + PROGRESS_EVERY
         sleep(min(interval, max(0.0, deadline - clock())))
 
 
 @contextmanager
 def ticking(
-    progress: Progress, what: str, limit: float, every: float = PROGRESS_EVERY
+    progress: Progress, what: str, limit: float, every: float | None = None
 ) -> Iterator[None]:
     """While the body blocks (a `qm shutdown` that waits on the host), say every `every`
     seconds how long it has been: `pihole: shutting down 12 s/180 s`."""
     done = threading.Event()
     start = time.monotonic()
+    every = every or PROGRESS_EVERY
 
     def tick() -> None:
         while not done.wait(every):
