@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import (
     AgentOutcome,
     Binding,
@@ -27,33 +27,6 @@ from pvepatch.transport.connections import Connections, RecordingTransport
 AGENT_PACKAGE = "qemu-guest-agent"
 AGENT_SERVICE = "qemu-guest-agent"
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Options:
-    """The run's safety and timing options (from the command line)."""
-
-    restart_method: str = "shutdown"
-    skiplock: bool = False
-    hard_stop_fallback: bool = False
-    shutdown_timeout: int = 180
-    stop_timeout: int = 60
-    boot_timeout: float = 600.0
-    restart_pause: float = 5.0
-    lock_timeout: int = 600
-    command_timeout: float = 1800.0
-    min_free_root_mb: int = 500
-    min_free_boot_mb: int = 100
-
-
-@dataclass
-class Fleet:
-    """Which VMs this run has taken down and not brought back (never two at once)."""
-
-    down: dict[str, str] = field(default_factory=dict)
-
-    def others_down(self, name: str) -> dict[str, str]:
-        return {n: why for n, why in self.down.items() if n != name}
 
 
 class VMCycle:

@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
+from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import Identity, RestartOutcome
 from pvepatch.cycle.wait import ticking, wait_for
 from pvepatch.errors import PvepatchError, SafetyRefusal, TransportError
 from pvepatch.guest.facts import Guest
+from pvepatch.inventory import Target
 from pvepatch.proxmox.parse import AGENT_PORT
 from pvepatch.proxmox.preconditions import Proof, prove_same_process, prove_stopped_by_us
 from pvepatch.proxmox.qm import Qm
+from pvepatch.transport.connections import Connections
 
-if TYPE_CHECKING:
-    from pvepatch.cycle.actions import VMCycle
+
+class Cycle(Protocol):
+    """What a restart needs of its VM's cycle (pvepatch.cycle.actions.VMCycle)."""
+
+    target: Target
+    options: Options
+    fleet: Fleet
+    connections: Connections
+    progress: Callable[[str], None]
+
+    def qm(self) -> Qm: ...
+
+    def guest(self) -> Guest: ...
+
+    def prove_running(self, action: str) -> Proof: ...
+
+    def note(self, action: str, proof: Proof) -> None: ...
 
 
 class Restart:
@@ -24,7 +43,7 @@ class Restart:
     so the stage's tests can say which step failed and why.
     """
 
-    def __init__(self, cycle: VMCycle):
+    def __init__(self, cycle: Cycle):
         self.cycle = cycle
         self.target = cycle.target
         self.options = cycle.options

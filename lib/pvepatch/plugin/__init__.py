@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pvepatch.cycle.actions import Options, VMCycle
+from pvepatch.cycle.actions import VMCycle
+from pvepatch.cycle.options import Options
 from pvepatch.cycle.record import VMRecord
 from pvepatch.errors import InventoryError
 from pvepatch.inventory import Target, load_inventory

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from pvepatch.cycle.actions import Fleet, Options, VMCycle
+from pvepatch.cycle.actions import VMCycle
+from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import VMRecord, verdict
 from pvepatch.inventory import Inventory, Target
 from pvepatch.plugin.mode import PATCH, VERIFY, belongs_to_verify, decide_mode, stage_of

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pvepatch.cycle.actions import Options
+from pvepatch.cycle.options import Options
 from pvepatch.inventory import DEFAULT_GROUP
 
 
