@@ -78,6 +78,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()):
         self.secrets: set[str] = set()
+        self._literal: re.Pattern[str] | None = None  # every known value, rebuilt after an add
         self.add(secrets)
 
     @classmethod
@@ -93,7 +94,9 @@ class Redactor:
         for value in values:
             value = str(value).strip()
             if len(value) >= MIN_SECRET_LEN and value.lower() not in NOT_SECRET_VALUES:
-                self.secrets.add(value)
+                if value not in self.secrets:
+                    self.secrets.add(value)
+                    self._literal = None
 
     def add_environment(self, environ: Mapping[str, str]) -> None:
         self.add(v for k, v in environ.items() if is_secret_name(k))
@@ -117,10 +120,13 @@ class Redactor:
 
     def literal(self, text: str) -> str:
         """Only the known values, in plain, HTML-escaped and JSON-escaped form (safe on markup)."""
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            for form in {secret, html.escape(secret), json.dumps(secret)[1:-1]}:
-                text = text.replace(form, MASK)
-        return text
+        if not self.secrets:
+            return text
+        if self._literal is None:
+            forms = {f for s in self.secrets for f in (s, html.escape(s), json.dumps(s)[1:-1])}
+            longest_first = sorted(forms, key=len, reverse=True)
+            self._literal = re.compile("|".join(map(re.escape, longest_first)))
+        return self._literal.sub(MASK, text)
 
     def blocks(self, text: str) -> str:
         """Private key blocks, learned first, then masked (whole, or the part a tail shows)."""
