@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import pytest
 from pvepatch.audit import html as html_report
 from pvepatch.audit.auditlog import AuditLog
 from pvepatch.audit.redact import REDACTOR_KEY, Redactor, redact_report
-from pvepatch.plugin import RUN_KEY, Run, patch_selected, stage_of
+from pvepatch.cycle.record import VMRecord
+from pvepatch.plugin import RUN_KEY, patch_selected, stage_of
 
 AUDIT_KEY = pytest.StashKey[AuditLog]()
 
@@ -40,7 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     redactor = Redactor.for_run(os.environ, run.inventory.path)
     config.stash[REDACTOR_KEY] = redactor
-    config.pluginmanager.register(RedactPlugin(redactor, run), "pvepatch-redact")
+    config.pluginmanager.register(RedactPlugin(redactor, run.records), "pvepatch-redact")
     _redact_metadata(config, redactor)
     if config.option.collectonly:
         return  # nothing runs, so nothing is recorded: no ledger, no transcripts, no index row
@@ -95,8 +97,8 @@ class RedactPlugin:
     """Redacts each report where pytest makes it, so the terminal, JUnit XML, pytest-html and
     the ledger all read the same redacted text."""
 
-    def __init__(self, redactor: Redactor, run: Run):
-        self.redactor, self.run = redactor, run
+    def __init__(self, redactor: Redactor, records: Mapping[str, VMRecord]):
+        self.redactor, self.records = redactor, records  # the run's per-VM records, as they grow
         self.learned: dict[tuple[str, str], int] = {}
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -115,7 +117,7 @@ class RedactPlugin:
     def _learn_from_commands(self) -> None:
         """Key blocks in any full command output recorded so far: a failure message shows only
         a tail of that output, which may hold key lines without the block's BEGIN line."""
-        for vm, record in self.run.records.items():
+        for vm, record in self.records.items():
             for kind, results in (("qm", record.qm_commands), ("guest", record.guest_commands)):
                 start = self.learned.get((vm, kind), 0)
                 for result in results[start:]:
