@@ -215,4 +215,3 @@ def test_redact_text_uses_the_runs_redactor(pytester):
     assert redact_text(config, "password=hunter2 s3cret-value") == f"password={MASK} s3cret-value"
     config.stash[REDACTOR_KEY] = Redactor(["s3cret-value"])
     assert redact_text(config, "password=hunter2 s3cret-value") == f"password={MASK} {MASK}"
-
