@@ -39,9 +39,17 @@ def test_ledger_has_run_start_a_record_per_stage_per_vm_and_run_end(suite):
     assert end["mutating_commands_sent"] == len(reportkit.mutating(fleet))
     patch = next(r for r in records if r["type"] == "stage" and r["stage"] == "patch")
     assert any("dist-upgrade" in c["command"] and c["transcript"] for c in patch["guest_commands"])
+    # every qm command the fake Proxmox host received is in the ledger, in its VM's stages, in order
+    for vm, vmid in (("pbs", 101), ("pihole", 102), ("pihole-backup", 103)):
+        logged = [
+            c["command"] for r in records if r.get("vm") == vm for c in r.get("qm_commands", [])
+        ]
+        received = [c for host, c in fleet.commands if host == "pve" and f" {vmid}" in c]
+        assert logged == received, vm
     restart = next(r for r in records if r["type"] == "stage" and r["stage"] == "restart")
-    assert [c["command"].split()[:2] for c in restart["qm_commands"]][-5:] != []
-    assert {"qm", "shutdown"} <= {w for c in restart["qm_commands"] for w in c["command"].split()}
+    verbs = [c["command"].split()[1] for c in restart["qm_commands"]]
+    assert verbs.count("shutdown") == verbs.count("start") == 1
+    assert verbs.index("shutdown") < verbs.index("start")
 
 
 class SigtermAt(fakes.FakeFleet):

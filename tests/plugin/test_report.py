@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 
+import fakes
 import pytest
 import reportkit
 from pvepatch.audit import ledger
+from pvepatch.audit.redact import MASK, REDACTOR_KEY, Redactor, redact_text
+from pvepatch.audit.reporting import default_report_paths
 
 pytest_plugins = ["pytester"]
 
@@ -141,3 +145,73 @@ def test_index_lists_runs_newest_first_with_verdicts(suite):
         ("verify", "passed"),
     ]
     assert 'href="pvepatch-20260102-000000-patch.html"' in index
+
+
+def test_environment_table_does_not_repeat_the_header(suite):
+    fleet = reportkit.fleet_of(3)
+    result, html = reportkit.run(suite, fleet, "-m", "verify")
+    page = html.read_text()
+    inventory_sha = hashlib.sha256((suite.path / "inventory.yaml").read_bytes()).hexdigest()
+    assert page.count(inventory_sha) == 1  # in the header, not again in the Environment table
+    assert "pvepatch run id" not in page and "pvepatch operator" not in page
+    assert "<b>run id</b>" in page and "Python" in page  # both tables still there
+
+
+def run_bare(suite: pytest.Pytester, fleet: fakes.FakeFleet, *args: str) -> pytest.RunResult:
+    """The stages with no report option at all, as an operator types them."""
+    return suite.runpytest(
+        "--inventory", "inventory.yaml", *reportkit.FAST, *reportkit.PLUGINS, *args,
+        plugins=[fakes.FleetPlugin(fleet)],
+    )  # fmt: skip
+
+
+def test_collect_only_writes_no_ledger_transcripts_or_index_row(suite):
+    fleet = reportkit.fleet_of(3)
+    reports = suite.path / "reports"
+    result = run_bare(suite, fleet, "-m", "patch", "--collect-only")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*test_vm_shut_down[[]pbs[]]*"])
+    written = sorted(p.name for p in reports.rglob("*")) if reports.exists() else []
+    assert not [n for n in written if n.endswith((".jsonl", ".files", ".txt")) or n == "index.html"]
+    assert fleet.commands == []
+
+
+def test_collect_only_writes_no_report_at_all(suite):
+    fleet = reportkit.fleet_of(3)
+    run_bare(suite, fleet, "-m", "patch", "--collect-only")
+    reports = suite.path / "reports"
+    assert not reports.exists() or list(reports.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, set_html, set_xml",
+    [([], True, True), (["--junitxml=mine.xml"], True, False), (["--html=mine.html"], False, True),
+     (["--html=mine.html", "--junitxml=mine.xml"], False, False), (["--collect-only"], False, False)],
+)  # fmt: skip
+def test_report_paths_are_defaulted_only_when_the_user_left_them_unset(
+    pytester, args, set_html, set_xml
+):
+    config = pytester.parseconfig(*args)
+    given_html, given_xml = config.option.htmlpath, config.option.xmlpath
+    chosen = default_report_paths(config, "patch")
+    assert ("htmlpath" in chosen, "xmlpath" in chosen) == (set_html, set_xml)
+    reports = str(pytester.path / "reports" / "pvepatch-")
+    if set_html:
+        assert config.option.htmlpath.startswith(reports) and config.option.htmlpath.endswith(
+            "-patch.html"
+        )
+        assert config.option.self_contained_html is True
+    else:
+        assert config.option.htmlpath == given_html
+        assert not config.option.self_contained_html  # the user's choice stands
+    if set_xml:  # beside the HTML report, the user's or the default one
+        assert config.option.xmlpath == str(Path(config.option.htmlpath).with_suffix(".xml"))
+    else:
+        assert config.option.xmlpath == given_xml
+
+
+def test_redact_text_uses_the_runs_redactor(pytester):
+    config = pytester.parseconfig()
+    assert redact_text(config, "password=hunter2 s3cret-value") == f"password={MASK} s3cret-value"
+    config.stash[REDACTOR_KEY] = Redactor(["s3cret-value"])
+    assert redact_text(config, "password=hunter2 s3cret-value") == f"password={MASK} {MASK}"

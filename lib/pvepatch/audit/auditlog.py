@@ -3,6 +3,7 @@ the HTML report is rendered from."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ class AuditLog:
         self.transcribed: dict[str, int] = {}
         self.links: dict[tuple[str, int], str] = {}
         self.transcripts: dict[str, dict[str, str]] = {}
+        self.facts: dict[tuple[str, str, int], dict[str, Any]] = {}  # redacted once per command
         self.ended: float | None = None
         self.exitstatus: int | None = None
         self.interruption: dict[str, Any] | None = None
@@ -223,8 +225,9 @@ class AuditLog:
             lines = len(result.stdout.splitlines()) + len(result.stderr.splitlines())
             if not result.mutating and lines <= TRANSCRIPT_LINES:
                 continue
-            label = f"{vm}: {_label(result.command)}"
-            name = f"{vm}-{index:03d}-{_slug(_label(result.command))}.txt"
+            command = self.redactor(result.command)  # the label and file name show its start
+            label = f"{vm}: {_label(command)}"
+            name = transcript_name(vm, index, command)
             write_transcript(self.files_dir, name, _transcript(result), self.redactor)
             link = f"{self.files_dir.name}/{name}"
             self.links[(vm, index)] = new[label] = link
@@ -239,7 +242,10 @@ class AuditLog:
         results = record.qm_commands if kind == "qm" else record.guest_commands
         out = []
         for index, result in enumerate(results[start:], start):
-            facts = command_facts(result)
+            key = (vm, kind, index)
+            if key not in self.facts:
+                self.facts[key] = command_facts(result, self.redactor)
+            facts = dict(self.facts[key])
             if kind == "guest" and (vm, index) in self.links:
                 facts["transcript"] = self.links[(vm, index)]
             out.append(facts)
@@ -273,9 +279,10 @@ class AuditLog:
         """After pytest-html and junitxml wrote: redact them, close the ledger, update the index."""
         self.ledger.close()
         xml = getattr(self.config.option, "xmlpath", None)
-        for path in (self.html_path, Path(xml) if xml else None):
-            if path is not None and path.exists():
-                self.redactor.file(path)
+        if self.html_path is not None and self.html_path.exists():
+            self.redactor.file(self.html_path, markup=True)
+        if xml and Path(xml).exists():
+            self.redactor.file(Path(xml), markup=False)
         write_index(self.ledger.path.parent)
 
     def _vmid(self, vm: str) -> int:
@@ -292,8 +299,18 @@ def _label(command: str) -> str:
     return command[:50]
 
 
+def transcript_name(vm: str, index: int, command: str) -> str:
+    """The transcript's file name: one path component whatever the VM is called (`../x`
+    cannot leave the transcripts directory); a VM name that had to change gets a short hash,
+    so two VMs never share a file."""
+    host = _slug(vm) or "vm"
+    if host != vm:
+        host += "-" + hashlib.sha256(vm.encode()).hexdigest()[:8]
+    return f"{host}-{index:03d}-{_slug(_label(command))}.txt"
+
+
 def _slug(text: str) -> str:
-    return re.sub(r"[^\w.-]+", "-", text).strip("-")[:60]
+    return re.sub(r"[^\w.-]+", "-", text).strip("-.")[:60]
 
 
 def _transcript(result: CommandResult) -> str:

@@ -182,8 +182,12 @@ def summary_prefix(data: dict[str, Any]) -> list[str]:
 
 
 def write_transcript(directory: Path, name: str, text: str, redact: Callable[[str], str]) -> Path:
+    """Write the redacted `text` to `directory/name`; a `name` that would land elsewhere
+    (a separator, `..`) is refused."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
+    if name in {"", ".", ".."} or path.resolve().parent != directory.resolve():
+        raise ValueError(f"transcript name {name!r} leaves {directory}")
     path.write_text(redact(text), encoding="utf-8")
     return path
 

@@ -1,12 +1,15 @@
-"""The audit record as a pytest plugin: the ledger as the run goes, pytest-html hooks, the index.
+"""The audit record as a pytest plugin: the ledger as the run goes, pytest-html hooks, the index,
+and every test report redacted before a reporter reads it.
 
-Inert unless pvepatch is active (`config.stash[RUN_KEY]` set by pvepatch.plugin).
+Inert unless pvepatch is active (`config.stash[RUN_KEY]` set by pvepatch.plugin); writes no file
+under `--collect-only`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,8 @@ import pytest
 
 from pvepatch.audit import html as html_report
 from pvepatch.audit.auditlog import AuditLog
-from pvepatch.audit.redact import Redactor
+from pvepatch.audit.redact import REDACTOR_KEY, Redactor, redact_report
+from pvepatch.cycle.record import VMRecord
 from pvepatch.plugin import RUN_KEY, patch_selected, stage_of
 
 AUDIT_KEY = pytest.StashKey[AuditLog]()
@@ -36,15 +40,34 @@ def pytest_configure(config: pytest.Config) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is None:
         return
-    redactor = Redactor()
-    redactor.add_environment(os.environ)
-    redactor.add_inventory(run.inventory.path)
+    redactor = Redactor.for_run(os.environ, run.inventory.path)
+    config.stash[REDACTOR_KEY] = redactor
+    config.pluginmanager.register(RedactPlugin(redactor, run.records), "pvepatch-redact")
+    _redact_metadata(config, redactor)
+    if config.option.collectonly:
+        return  # nothing runs, so nothing is recorded: no ledger, no transcripts, no index row
     html_path = getattr(config.option, "htmlpath", None)
     ledger_path = _ledger_path(config, html_path)
     audit = AuditLog(config, run, ledger_path, html_path and Path(html_path), redactor)
     config.stash[AUDIT_KEY] = audit
-    _add_metadata(config, audit)
     config.pluginmanager.register(AuditPlugin(audit), "pvepatch-audit")
+
+
+def default_report_paths(config: pytest.Config, mode_hint: str) -> dict[str, str]:
+    """Default pytest-html's `--html` (self-contained) and JUnit's `--junitxml` to
+    `reports/pvepatch-<stamp>-<mode_hint>.html/.xml`, each only when the user left it unset,
+    and neither under `--collect-only`. Returns what it set, by option name."""
+    if config.option.collectonly:
+        return {}
+    stem = config.rootpath / "reports" / f"pvepatch-{dt.datetime.now():%Y%m%d-%H%M%S}-{mode_hint}"
+    chosen = {}
+    if hasattr(config.option, "htmlpath") and not config.option.htmlpath:
+        config.option.htmlpath = chosen["htmlpath"] = str(stem.with_suffix(".html"))
+        config.option.self_contained_html = True
+    if hasattr(config.option, "xmlpath") and not config.option.xmlpath:
+        beside = Path(config.option.htmlpath) if getattr(config.option, "htmlpath", None) else stem
+        config.option.xmlpath = chosen["xmlpath"] = str(beside.with_suffix(".xml"))
+    return chosen
 
 
 def _ledger_path(config: pytest.Config, html_path: str | None) -> Path:
@@ -57,7 +80,8 @@ def _ledger_path(config: pytest.Config, html_path: str | None) -> Path:
     return config.rootpath / "reports" / f"pvepatch-{stamp}-{mode}.jsonl"
 
 
-def _add_metadata(config: pytest.Config, audit: AuditLog) -> None:
+def _redact_metadata(config: pytest.Config, redactor: Redactor) -> None:
+    """pytest-metadata's Environment table, redacted; the run's facts are in the header only."""
     try:
         from pytest_metadata.plugin import metadata_key
     except ImportError:
@@ -65,10 +89,41 @@ def _add_metadata(config: pytest.Config, audit: AuditLog) -> None:
     metadata = config.stash.get(metadata_key, None)
     if metadata is None:
         return
-    for key, value in audit.static_header().items():
-        metadata[f"pvepatch {key}"] = value
     for key in list(metadata):
-        metadata[key] = audit.redactor.obj(metadata[key])
+        metadata[key] = redactor.obj(metadata[key])
+
+
+class RedactPlugin:
+    """Redacts each report where pytest makes it, so the terminal, JUnit XML, pytest-html and
+    the ledger all read the same redacted text."""
+
+    def __init__(self, redactor: Redactor, records: Mapping[str, VMRecord]):
+        self.redactor, self.records = redactor, records  # the run's per-VM records, as they grow
+        self.learned: dict[tuple[str, str], int] = {}
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+        report = yield
+        self._learn_from_commands()
+        redact_report(report, self.redactor)
+        return report
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_make_collect_report(self, collector: pytest.Collector) -> Any:
+        report = yield
+        redact_report(report, self.redactor)
+        return report
+
+    def _learn_from_commands(self) -> None:
+        """Key blocks in any full command output recorded so far: a failure message shows only
+        a tail of that output, which may hold key lines without the block's BEGIN line."""
+        for vm, record in self.records.items():
+            for kind, results in (("qm", record.qm_commands), ("guest", record.guest_commands)):
+                start = self.learned.get((vm, kind), 0)
+                for result in results[start:]:
+                    self.redactor.learn(result.stdout)
+                    self.redactor.learn(result.stderr)
+                self.learned[(vm, kind)] = len(results)
 
 
 class AuditPlugin:

@@ -8,6 +8,7 @@ import hashlib
 import os
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,13 +79,16 @@ class StageResult:
         }
 
 
-def command_facts(result: CommandResult) -> dict[str, Any]:
-    """One command as the record keeps it: host, command, exit code, when, how long, output tail."""
-    out = tail(result.stdout, TAIL_LINES)
-    err = tail(result.stderr, TAIL_LINES)
+def command_facts(
+    result: CommandResult, redact: Callable[[str], str] = lambda text: text
+) -> dict[str, Any]:
+    """One command as the record keeps it: host, command, exit code, when, how long, output tail.
+    The output is redacted whole before its tail is cut, so a cut cannot split a secret."""
+    out = tail(redact(result.stdout), TAIL_LINES)
+    err = tail(redact(result.stderr), TAIL_LINES)
     return {
         "host": result.host,
-        "command": result.command,
+        "command": redact(result.command),
         "rc": result.rc,
         "started": iso(result.started),
         "duration_s": round(result.duration, 3),
