@@ -10,8 +10,8 @@ import fakes
 import pytest
 
 STAGES_DIR = Path(__file__).resolve().parents[2] / "tests_patch"
-FAST = ["--restart-pause", "0", "--boot-timeout", "5", "-p", "pvepatch.plugin"]
-PLUGINS = ["-p", "pvepatch.audit.reporting", "-p", "no:cacheprovider"]
+FAST = ["--restart-pause", "0", "--boot-timeout", "5"]
+PLUGINS = ["-p", "no:cacheprovider"]
 
 
 def inventory(n: int, extra_vars: str = "") -> str:

@@ -12,7 +12,7 @@ import pytest
 import reportkit
 from pvepatch.audit import ledger
 from pvepatch.audit.redact import MASK, REDACTOR_KEY, Redactor, redact_text
-from pvepatch.audit.reporting import default_report_paths
+from pvepatch.plugin.reporting import default_report_paths
 
 pytest_plugins = ["pytester"]
 

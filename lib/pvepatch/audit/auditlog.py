@@ -7,7 +7,7 @@ import hashlib
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -24,11 +24,27 @@ from pvepatch.audit.summary import (
     vm_facts,
     vm_verdict,
 )
-from pvepatch.plugin.core import PvepatchPlugin as Run
-from pvepatch.transport.command import CommandResult
+from pvepatch.cycle.options import Fleet, Options
+from pvepatch.cycle.record import VMRecord
+from pvepatch.inventory import Inventory
+from pvepatch.transport.command import CommandResult, ReadOnlyGuard
 
 TRANSCRIPT_LINES = 20  # a guest command with more output than this gets its own file
 INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED
+
+
+class Run(Protocol):
+    """What the audit reads of the run (pvepatch.plugin.core.PvepatchPlugin has it)."""
+
+    inventory: Inventory
+    options: Options
+    guard: ReadOnlyGuard
+    fleet: Fleet
+    records: dict[str, VMRecord]
+    mode: str
+    started: float
+
+    def status_of(self, vm: str) -> str: ...
 
 
 class AuditLog:
@@ -209,7 +225,7 @@ class AuditLog:
     def _vm_status(self, vm: str) -> str:
         """`qm status` after the interruption (the cycle starts a stopped VM again first)."""
         try:
-            return self.run.cycle(self.run.inventory.target(vm)).qm().status()
+            return self.run.status_of(vm)
         except Exception as exc:  # noqa: BLE001 - the state is reported as unknown, with why
             return f"unknown ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
 

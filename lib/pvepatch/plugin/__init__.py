@@ -3,7 +3,6 @@ and one PvepatchPlugin per run (pvepatch.plugin.core) when an inventory or the s
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,15 @@ from pvepatch.cycle.options import Options
 from pvepatch.cycle.record import VMRecord
 from pvepatch.errors import InventoryError
 from pvepatch.inventory import Target, load_inventory
-from pvepatch.plugin.core import PLUGIN_NAME, PvepatchPlugin, refuse_parallel_patch
+from pvepatch.plugin.core import PLUGIN_NAME, RUN_KEY, PvepatchPlugin, refuse_parallel_patch
 from pvepatch.plugin.mode import PATCH, STAGES, names_patch, stage_of
 from pvepatch.plugin.options import add_options, check_options, options_from
+from pvepatch.plugin.reporting import default_report_paths
 from pvepatch.transport.command import ReadOnlyGuard
 from pvepatch.transport.connections import Connections, TransportFactory, ssh_factory
 from pvepatch.transport.known_hosts import check_host_key_policy
 
-pytest_plugins = ["pvepatch.audit.reporting"]
+pytest_plugins = ["pvepatch.plugin.reporting"]
 
 MARKERS = {
     "patch": "part of the patch cycle (pytest -m patch)",
@@ -29,7 +29,6 @@ MARKERS = {
     "pihole": "runs only for Pi-hole VMs (group 'pihole' or pihole: true)",
 }
 STAGES_DIR = "tests_patch"
-RUN_KEY = pytest.StashKey[PvepatchPlugin]()
 FACTORY_KEY = pytest.StashKey[TransportFactory]()  # tests hand in a fake fleet here
 
 __all__ = ["FACTORY_KEY", "RUN_KEY", "PvepatchPlugin", "names_patch", "patch_selected", "stage_of"]
@@ -69,21 +68,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[RUN_KEY] = plugin
     config.pluginmanager.register(plugin, PLUGIN_NAME)
-    _default_report_paths(config)
-
-
-def _default_report_paths(config: pytest.Config) -> None:
-    """reports/pvepatch-<time>-<mode>.html and JUnit XML beside it, each only when the user
-    named none; nothing under --collect-only (a dry listing writes no files)."""
-    if not hasattr(config.option, "htmlpath") or config.option.collectonly:
-        return
-    if not config.option.htmlpath:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        mode = "patch" if names_patch(config.getoption("markexpr") or "") else "verify"
-        config.option.htmlpath = str(config.rootpath / "reports" / f"pvepatch-{stamp}-{mode}.html")
-        config.option.self_contained_html = True
-    if getattr(config.option, "xmlpath", None) is None:  # JUnit XML for CI, beside the report
-        config.option.xmlpath = str(Path(config.option.htmlpath).with_suffix(".xml"))
+    default_report_paths(
+        config, PATCH if names_patch(config.getoption("markexpr") or "") else "verify"
+    )
 
 
 def _is_pvepatch_run(config: pytest.Config) -> bool:

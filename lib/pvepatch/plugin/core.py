@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pvepatch.audit.redact import redact_text
 from pvepatch.cycle.actions import VMCycle
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import VMRecord, verdict
@@ -50,6 +51,10 @@ class PvepatchPlugin:
                 self.record(target), self.connections, self.options, self.fleet, self.say
             )
         return self.cycles[target.name]
+
+    def status_of(self, vm: str) -> str:
+        """`qm status` of a target VM now (read-only)."""
+        return self.cycle(self.inventory.target(vm)).qm().status()
 
     def say(self, line: str) -> None:
         """A line on the terminal now (progress of a long wait), from any thread."""
@@ -161,28 +166,31 @@ class PvepatchPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
+
+        def line(text: str, **markup: bool) -> None:
+            tr.write_line(redact_text(self.config, text), **markup)
+
         tr.section("pvepatch")
-        tr.write_line(f"mode: {self.mode}; mutating commands sent: {self.guard.mutating_sent}")
+        line(f"mode: {self.mode}; mutating commands sent: {self.guard.mutating_sent}")
         for target in self.inventory.targets:
-            result, reason = verdict(
-                self.records.get(target.name), self.fleet.down.get(target.name)
-            )
-            tr.write_line(
-                f"  {target}: {result.upper() if result != 'passed' else 'ok'}"
-                + (f" ({reason})" if reason else "")
-            )
-            for refusal in (
-                self.records[target.name].refusals if target.name in self.records else []
-            ):
-                tr.write_line(f"    refused {refusal}", yellow=True)
+            record = self.records.get(target.name)
+            result, reason = verdict(record, self.fleet.down.get(target.name))
+            shown = "ok" if result == "passed" else result.upper()
+            line(f"  {target}: {shown}" + (f" ({reason})" if reason else ""))
+            for refusal in record.refusals if record else []:
+                line(f"    refused {refusal}", yellow=True)
+            for note in record.notes if record else []:
+                line(f"    note: {note}")
         for name, why in self.fleet.down.items():
-            tr.write_line(
+            line(
                 f"!!! VM {name} IS NOT RUNNING: {why}. Start it: qm start "
                 f"{self.inventory.target(name).vmid}",
                 red=True,
                 bold=True,
             )
 
+
+RUN_KEY = pytest.StashKey[PvepatchPlugin]()
 
 _XDIST_REFUSAL = (
     "pvepatch: a patch run under pytest-xdist (-n) is refused: parallel workers would take "

@@ -1,4 +1,5 @@
-"""pvelab's layout: imports point one way (fleet -> pve, image -> shared modules), no circles."""
+"""The layout shows the design: in pvepatch and pvelab imports point one way, down the layers,
+and there is no import circle (lazy and TYPE_CHECKING imports count too)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-PVELAB = Path(__file__).resolve().parents[2] / "lib" / "pvelab"
+LIB = Path(__file__).resolve().parents[2] / "lib"
+PVELAB = LIB / "pvelab"
+PVEPATCH = LIB / "pvepatch"
 # Each part may import only the parts listed (and itself); shared top-level modules are free.
 ALLOWED = {
     "pvelab.pve": {"pvelab.pve"},
@@ -108,3 +111,69 @@ def test_find_cycle_accepts_a_one_way_tree(tmp_path: Path) -> None:
     (pkg / "c.py").write_text("import os\n")
     graph = import_graph(pkg)
     assert graph["pkg.a"] == {"pkg", "pkg.b", "pkg.c"} and find_cycle(graph) is None
+
+
+# pvepatch's layers, top to bottom: each may import itself and the layers below it.
+LAYERS = ["plugin", "audit", "cycle", "guest", "proxmox", "transport", "inventory", "errors"]
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_pvepatch_has_no_import_circle() -> None:
+    cycle = find_cycle(import_graph(PVEPATCH))
+    assert cycle is None, "import circle in pvepatch: " + " -> ".join(cycle or [])
+
+
+def test_pvepatch_imports_point_down_the_layers() -> None:
+    upward = [
+        f"{module} imports {target}"
+        for module, targets in import_graph(PVEPATCH).items()
+        for target in targets
+        if (low := layer_of(module)) is not None
+        and (high := layer_of(target)) is not None
+        and high < low
+    ]
+    assert upward == []
+
+
+def test_pvepatch_top_level_shows_the_layers() -> None:
+    packages = {p.name for p in PVEPATCH.iterdir() if (p / "__init__.py").is_file()}
+    assert packages >= {"plugin", "transport", "proxmox", "guest", "cycle", "audit"}
+
+
+def test_paramiko_is_imported_in_one_module_only() -> None:
+    importers = sorted(
+        str(path.relative_to(LIB))
+        for path in PVEPATCH.rglob("*.py")
+        if any(
+            isinstance(node, (ast.Import, ast.ImportFrom))
+            and any(
+                (getattr(node, "module", None) or alias.name).split(".")[0] == "paramiko"
+                for alias in node.names
+            )
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    )
+    assert importers == ["pvepatch/transport/ssh.py"]
+
+
+def test_no_private_pytest_import_in_lib() -> None:
+    private = [
+        str(path.relative_to(LIB))
+        for path in LIB.rglob("*.py")
+        if "_pytest" in import_graph_names(path)
+    ]
+    assert private == []
+
+
+def import_graph_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names

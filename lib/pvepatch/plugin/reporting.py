@@ -19,7 +19,8 @@ from pvepatch.audit import html as html_report
 from pvepatch.audit.auditlog import AuditLog
 from pvepatch.audit.redact import REDACTOR_KEY, Redactor, redact_report
 from pvepatch.cycle.record import VMRecord
-from pvepatch.plugin import RUN_KEY, patch_selected, stage_of
+from pvepatch.plugin.core import RUN_KEY
+from pvepatch.plugin.mode import names_patch, stage_of
 
 AUDIT_KEY = pytest.StashKey[AuditLog]()
 
@@ -76,7 +77,7 @@ def _ledger_path(config: pytest.Config, html_path: str | None) -> Path:
     if html_path:
         return Path(html_path).resolve().with_suffix(".jsonl")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    mode = "patch" if patch_selected(config.getoption("markexpr") or "") else "verify"
+    mode = "patch" if names_patch(config.getoption("markexpr") or "") else "verify"
     return config.rootpath / "reports" / f"pvepatch-{stamp}-{mode}.jsonl"
 
 
@@ -169,7 +170,7 @@ class AuditPlugin:
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: Any) -> None:
         markexpr = self.audit.config.getoption("markexpr") or ""
-        mode = "patch" if patch_selected(markexpr) else "verify"  # collection has not run yet
+        mode = "patch" if names_patch(markexpr) else "verify"  # collection has not run yet
         report.title = f"pvepatch {mode} run {self.audit.run_id}"
 
     @pytest.hookimpl(optionalhook=True)
