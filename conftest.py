@@ -1,5 +1,11 @@
-"""Wiring only. The pvepatch plugin is installed with the package (`pip install .`: the pytest11
-entry point `pvepatch.plugin`); this line also loads it from a plain checkout with PYTHONPATH=lib,
-and is a no-op when the entry point already did."""
+"""Wiring only. pvepatch's plugin is installed with the package (`pip install .`: the pytest11
+entry point `pvepatch.plugin`, which `./run-tests` and `./run-demo` install); from a checkout
+that was not installed (PYTHONPATH=lib), or with plugin autoloading off, this loads it."""
 
-pytest_plugins = ["pvepatch.plugin"]
+import os
+from importlib.metadata import entry_points
+
+if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") or not entry_points(
+    group="pytest11", name="pvepatch.plugin"
+):
+    pytest_plugins = ["pvepatch.plugin"]

@@ -264,3 +264,21 @@ def test_long_waits_say_per_vm_what_they_wait_for(suite, fleet, monkeypatch):
     fleet.vms["pihole"].shutdown_seconds = 0.5
     result = run(suite, fleet, "-m", "patch", "--limit", "pihole,!pihole-backup")
     result.stdout.fnmatch_lines(["pvepatch: pihole: shutting down 0 s/180 s"])
+
+
+def test_installed_plugin_runs_the_stages_from_any_directory(pytester, fleet):
+    """`pytest -m verify --inventory PATH` (two words) in a directory with no tests_patch/:
+    the entry point knows the options and the packaged stages are collected."""
+    (pytester.path / "inv.yaml").write_text(INVENTORY)
+    result = pytester.runpytest(
+        "-m",
+        "verify",
+        "--inventory",
+        "inv.yaml",
+        "-p",
+        "no:html",
+        plugins=[fakes.FleetPlugin(fleet)],
+    )
+    outcomes = result.parseoutcomes()
+    assert result.ret == 0 and outcomes["passed"] >= 30, result.stdout.str()
+    result.stdout.fnmatch_lines(["*mode: verify; mutating commands sent: 0*"])

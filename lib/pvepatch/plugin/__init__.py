@@ -29,6 +29,9 @@ MARKERS = {
     "pihole": "runs only for Pi-hole VMs (group 'pihole' or pihole: true)",
 }
 STAGES_DIR = "tests_patch"
+# The stage files, shipped with the package (a link to the project's tests_patch/), so that
+# `pytest -m verify --inventory inv.yaml` runs them from any directory.
+PACKAGED_STAGES = Path(__file__).resolve().parents[1] / "stages"
 FACTORY_KEY = pytest.StashKey[TransportFactory]()  # tests hand in a fake fleet here
 
 __all__ = ["FACTORY_KEY", "RUN_KEY", "PvepatchPlugin", "names_patch", "patch_selected", "stage_of"]
@@ -63,6 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("accept_new_host_keys"),
         config.getoption("ssh_timeout"),
     )
+    _collect_the_stages(config)
     plugin = PvepatchPlugin(
         config, inventory, options_from(config), guard, Connections(factory, guard)
     )
@@ -71,6 +75,15 @@ def pytest_configure(config: pytest.Config) -> None:
     default_report_paths(
         config, PATCH if names_patch(config.getoption("markexpr") or "") else "verify"
     )
+
+
+def _collect_the_stages(config: pytest.Config) -> None:
+    """With no test path given (none on the command line, none from `testpaths`), collect the
+    stages: the project's tests_patch/ when there is one, else the packaged ones."""
+    if config.args_source != pytest.Config.ArgsSource.INVOCATION_DIR:
+        return
+    local = config.invocation_params.dir / STAGES_DIR
+    config.args = [str(local if local.is_dir() else PACKAGED_STAGES)]
 
 
 def _is_pvepatch_run(config: pytest.Config) -> bool:

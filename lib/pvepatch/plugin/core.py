@@ -166,6 +166,8 @@ class PvepatchPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
+        if self.config.option.collectonly:
+            return
 
         def line(text: str, **markup: bool) -> None:
             tr.write_line(redact_text(self.config, text), **markup)
