@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import fakes
@@ -104,6 +105,16 @@ def test_report_and_ledger_show_the_same_facts(suite):
     assert facts["packages"] == [
         {"name": "openssl", "old": "3.0.1-1", "new": "3.0.2-1", "kind": "upgraded"}
     ]
+    junit = ET.parse(html.with_suffix(".xml")).getroot()
+    props = [
+        (p.get("name"), p.get("value"))
+        for case in junit.iter("testcase")
+        for p in case.iter("property")
+    ]
+    assert ("verdict", "passed") in props
+    assert ("boot_id_after", facts["boot_id_after"]) in props
+    assert ("package", "openssl 3.0.1-1 -> 3.0.2-1") in props
+    assert any(name == "proof" and "qm shutdown: MAC" in value for name, value in props)
 
 
 def test_verify_report_says_zero_mutating_commands(suite):

@@ -137,6 +137,25 @@ def vm_facts(record: VMRecord) -> dict[str, Any]:
     }
 
 
+def junit_properties(record: VMRecord) -> list[tuple[str, str]]:
+    """The VM's facts as JUnit properties: vm_facts flattened (the same serializer as the HTML
+    report and the ledger), scalars as they are, packages as `name old -> new`."""
+    facts = vm_facts(record)
+    props = [("verdict", facts["record_verdict"]), ("reason", facts["record_reason"])]
+    for key in (
+        "vmid", "proxmox_host", "kernel_before", "kernel_after", "boot_id_before",
+        "boot_id_after", "qemu_pid_before", "qemu_pid_after", "reboot_required",
+    ):  # fmt: skip
+        if facts.get(key) is not None:
+            props.append((key, str(facts[key])))
+    for change in facts.get("packages") or []:
+        props.append(("package", f"{change['name']} {change['old']} -> {change['new']}"))
+    for proof in facts["proofs"]:
+        props.append(("proof", f"qm {proof['action']}: {proof['binding']}"))
+    props += [("refused", refusal) for refusal in facts["refusals"]]
+    return props
+
+
 def _restart_facts(restart: Any) -> dict[str, Any]:
     times = restart.times
     t0 = times.get("shutdown_sent")

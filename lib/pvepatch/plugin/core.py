@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pvepatch.audit.redact import redact_text
+from pvepatch.audit.summary import junit_properties
 from pvepatch.cycle.actions import VMCycle
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import VMRecord, verdict
@@ -142,8 +143,11 @@ class PvepatchPlugin:
         target, stage = target_of(item), stage_of(item)
         if target is None:
             return report
-        if call.when == "teardown" and self.last_item.get(target.name) == item.nodeid:
-            self.record(target).completed = True
+        if call.when == "teardown":
+            report.user_properties += [("vm", target.name), ("stage", stage.name if stage else "")]
+            if self.last_item.get(target.name) == item.nodeid:
+                self.record(target).completed = True
+                report.user_properties += junit_properties(self.record(target))
         if stage is not None and report.failed:
             reason = _one_line(call.excinfo.value) if call.excinfo else "failed"
             name = getattr(item, "originalname", item.name)
