@@ -30,6 +30,7 @@ class FakeVM:
     ssh_up: bool = True
     ssh_after_boot: bool = True
     ignores_shutdown: bool = False  # the guest ignores ACPI and the agent's shutdown
+    start_fails: bool = False  # qm start fails (the VM stays stopped)
     shutdown_seconds: float = 0.2  # how long a clean shutdown takes: status stays running
     pending: dict[str, str] = field(default_factory=dict)  # applied at the next stop, like PVE
     packages: dict[str, str] = field(
@@ -230,6 +231,8 @@ class FakeFleet:
                 return _ok("", 255, f"VM is locked ({vm.lock})\n")
             if vm.running:
                 return _ok("", 255, f"VM {vm.vmid} already running\n")
+            if vm.start_fails:
+                return _ok("", 255, "start failed: QEMU exited with code 1\n")
             vm.boot()
             return _ok()
         return _ok("", 255, f"fake pve: unsupported qm {verb}")

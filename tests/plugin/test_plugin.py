@@ -282,3 +282,18 @@ def test_installed_plugin_runs_the_stages_from_any_directory(pytester, fleet):
     outcomes = result.parseoutcomes()
     assert result.ret == 0 and outcomes["passed"] >= 30, result.stdout.str()
     result.stdout.fnmatch_lines(["*mode: verify; mutating commands sent: 0*"])
+
+
+def test_a_vm_left_down_stops_every_later_restart(suite, fleet):
+    fleet.vms["pihole"].start_fails = True
+    result = run(suite, fleet, "-m", "patch", "-rf")
+    assert not any(c.startswith(("qm shutdown 103", "qm stop 103")) for _, c in fleet.commands)
+    assert fleet.vms["pihole-backup"].running and fleet.vms["pihole-backup"].pid == 1000
+    assert fleet.max_down == 1
+    result.stdout.fnmatch_lines(
+        [
+            "*pihole-backup (VM 103 on pve): FAILED (restart: test_restart_allowed: another VM "
+            "is down: pihole*refusing to take down a second one*",
+            "!!! VM pihole IS NOT RUNNING: LEFT STOPPED by this run*Start it: qm start 102",
+        ]
+    )
