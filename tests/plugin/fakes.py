@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from pvepatch.errors import TransportError
@@ -273,3 +275,16 @@ class FleetPlugin:
         from pvepatch.plugin import FACTORY_KEY
 
         config.stash[FACTORY_KEY] = self.fleet.factory
+
+
+STAGES = Path(__file__).resolve().parents[2] / "tests_patch"
+
+
+def stage_suite(pytester: pytest.Pytester, inventory: str) -> pytest.Pytester:
+    """A pytester directory holding the real stage files and `inventory` as inventory.yaml."""
+    shutil.copytree(
+        STAGES, pytester.path / "tests_patch", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (pytester.path / "inventory.yaml").write_text(inventory)
+    pytester.makeini("[pytest]\ntestpaths = tests_patch\n")
+    return pytester

@@ -3,13 +3,11 @@ pytest-html and the reporting plugin on."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import fakes
 import pytest
 
-STAGES_DIR = Path(__file__).resolve().parents[2] / "tests_patch"
 FAST = ["--restart-pause", "0", "--boot-timeout", "5"]
 PLUGINS = ["-p", "no:cacheprovider"]
 
@@ -44,12 +42,7 @@ def fleet_of(n: int, cls: type[fakes.FakeFleet] = fakes.FakeFleet) -> fakes.Fake
 
 
 def make_suite(pytester: pytest.Pytester, n: int = 3, extra_vars: str = "") -> pytest.Pytester:
-    shutil.copytree(
-        STAGES_DIR, pytester.path / "tests_patch", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (pytester.path / "inventory.yaml").write_text(inventory(n, extra_vars))
-    pytester.makeini("[pytest]\ntestpaths = tests_patch\n")
-    return pytester
+    return fakes.stage_suite(pytester, inventory(n, extra_vars))
 
 
 def run(

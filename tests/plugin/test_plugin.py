@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import fakes
 import pytest
 
 pytest_plugins = ["pytester"]
 
-STAGES = Path(__file__).resolve().parents[2] / "tests_patch"
 INVENTORY = """
 all:
   children:
@@ -27,13 +23,8 @@ FAST = ["--restart-pause", "0", "--boot-timeout", "5", "-p", "no:html"]
 
 
 @pytest.fixture
-def suite(pytester: pytest.Pytester):
-    shutil.copytree(
-        STAGES, pytester.path / "tests_patch", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (pytester.path / "inventory.yaml").write_text(INVENTORY)
-    pytester.makeini("[pytest]\ntestpaths = tests_patch\n")
-    return pytester
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    return fakes.stage_suite(pytester, INVENTORY)
 
 
 @pytest.fixture

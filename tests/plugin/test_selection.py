@@ -7,15 +7,12 @@ Whatever -m, -k, --deselect or node ids select, no mutating qm command may reach
 from __future__ import annotations
 
 import re
-import shutil
-from pathlib import Path
 
 import fakes
 import pytest
 
 pytest_plugins = ["pytester"]
 
-STAGES = Path(__file__).resolve().parents[2] / "tests_patch"
 WRONG = """
 all:
   children:
@@ -32,12 +29,7 @@ MUTATING_104 = re.compile(r"^qm (shutdown|stop|start|set|reboot|reset) 104\b")
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
-    shutil.copytree(
-        STAGES, pytester.path / "tests_patch", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (pytester.path / "inventory.yaml").write_text(WRONG)
-    pytester.makeini("[pytest]\ntestpaths = tests_patch\n")
-    return pytester
+    return fakes.stage_suite(pytester, WRONG)
 
 
 @pytest.fixture
