@@ -288,3 +288,16 @@ def test_a_vm_left_down_stops_every_later_restart(suite, fleet):
             "!!! VM pihole IS NOT RUNNING: LEFT STOPPED by this run*Start it: qm start 102",
         ]
     )
+
+
+def test_a_seed_style_pihole_is_accepted_and_the_block_check_skip_is_visible(suite, fleet):
+    """Group membership only (no pihole_* names): pi.hole is resolved by default, and the block
+    check is skipped with its reason in the terminal (and in the record the report shows)."""
+    (suite.path / "inventory.yaml").write_text(
+        INVENTORY + "    pihole:\n      hosts:\n        pihole:\n"
+    )
+    result = run(suite, fleet, "-m", "verify", "-rs", "-k", "dns_blocks")
+    why = "no pihole_blocked_name in the inventory: the block check was not run"
+    result.stdout.fnmatch_lines(["  pihole (VM 102 on pve): ok", f"    note: {why}"])
+    result.stdout.fnmatch_lines([f"SKIPPED*{why}"])
+    assert result.parseoutcomes().get("skipped") == 1

@@ -115,6 +115,7 @@ def test_report_and_ledger_show_the_same_facts(suite):
     assert ("boot_id_after", facts["boot_id_after"]) in props
     assert ("package", "openssl 3.0.1-1 -> 3.0.2-1") in props
     assert any(name == "proof" and "qm shutdown: MAC" in value for name, value in props)
+    assert "<td>qm shutdown</td><td>proven: MAC bc:24:11:00:00:01 and agent host name" in pbs
 
 
 def test_verify_report_says_zero_mutating_commands(suite):

@@ -85,6 +85,7 @@ def vm_html(vm: dict[str, Any]) -> str:
     if vm["reason"]:
         parts.append(f"<p><b>reason:</b> {esc(vm['reason'])}</p>")
     parts.append(_identity_table(vm))
+    parts.append(_safety_html(vm))
     parts.append(_packages_html(vm))
     parts.append(_restart_html(vm.get("restart")))
     parts.append(_links_html(vm.get("transcripts", {})))
@@ -114,6 +115,21 @@ def _identity_table(vm: dict[str, Any]) -> str:
     for label, value in (("guest asked for a reboot", reboot), ("guest agent", agent)):
         pairs.append((label, Raw(esc(value), ' colspan="2"')))
     return _table(pairs, ["fact", "before", "after"], "pvepatch-facts")
+
+
+def _safety_html(vm: dict[str, Any]) -> str:
+    """The preconditions proven before each mutating qm command, the refusals, the notes."""
+    rows = [
+        (f"qm {p['action']}", f"proven: {p['binding']}; host key {p.get('host_key') or '—'}")
+        for p in vm.get("proofs") or []
+    ]
+    rows += [("refused", refusal) for refusal in vm.get("refusals") or []]
+    rows += [("note", note) for note in vm.get("notes") or []]
+    if not rows:
+        return ""
+    return "<h4>preconditions and notes</h4>" + _table(
+        rows, ["action", "what was proven or refused"], "pvepatch-safety"
+    )
 
 
 def _packages_html(vm: dict[str, Any]) -> str:
