@@ -130,3 +130,17 @@ class InventoryProblems(InventoryError):
             lines.append(f"... and {len(problems) - shown} more problem(s) not shown")
         head = [] if len(problems) == 1 else [f"{path}: {len(problems)} problems:"]
         PvepatchError.__init__(self, "\n".join(head + lines))
+
+
+def one_line(what: BaseException | str) -> str:
+    """The first non-empty line of an error or a text (at most 300 characters), for a summary."""
+    lines = [line for line in str(what).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(what).__name__ if isinstance(what, BaseException) else ""
+    return lines[0][:300]
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a command's output (where qm and apt put the error)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

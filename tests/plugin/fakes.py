@@ -44,6 +44,7 @@ class FakeVM:
     started_at: float = field(default_factory=time.time)
     reboot_required: bool = False
     guest_mac: str | None = None  # set to simulate an inventory pointing at another guest
+    agent_name: str | None = None  # the host name the agent reports, when not the VM's name
 
     def boot(self) -> None:
         self.running = True
@@ -204,7 +205,7 @@ class FakeFleet:
             if not vm.agent_installed:
                 return _ok("", 2, "QEMU guest agent is not running\n")
             if words[4] == "get-host-name":
-                return _ok(f'{{\n   "host-name" : "{vm.name}"\n}}\n')
+                return _ok(f'{{\n   "host-name" : "{vm.agent_name or vm.name}"\n}}\n')
             return _ok("")
         if verb == "set":
             if vm.lock and "--skiplock" not in words:

@@ -38,7 +38,10 @@ def test_ledger_has_run_start_a_record_per_stage_per_vm_and_run_end(suite):
     assert end["verdict"] == "passed" and end["exit_status"] == 0
     assert end["mutating_commands_sent"] == len(reportkit.mutating(fleet))
     patch = next(r for r in records if r["type"] == "stage" and r["stage"] == "patch")
-    assert any("dist-upgrade" in c["command"] and c["transcript"] for c in patch["guest_commands"])
+    assert any(
+        "-y" in c["command"] and "dist-upgrade" in c["command"] and c["transcript"]
+        for c in patch["guest_commands"]
+    )
     # every qm command the fake Proxmox host received is in the ledger, in its VM's stages, in order
     for vm, vmid in (("pbs", 101), ("pihole", 102), ("pihole-backup", 103)):
         logged = [

@@ -25,6 +25,7 @@ all:
 """
 FAST = ["--restart-pause", "0", "--boot-timeout", "5", "-p", "no:html", "-p", "no:cacheprovider"]
 MUTATING_104 = re.compile(r"^qm (shutdown|stop|start|set|reboot|reset) 104\b")
+GUEST_CHANGES = re.compile(r"apt-get -y|systemctl start")
 
 
 @pytest.fixture
@@ -78,6 +79,8 @@ def test_no_mutating_qm_command_reaches_the_wrong_vm(suite, fleet, args):
     result = run(suite, fleet, "-rfE", *args)
     sent = [c for h, c in fleet.commands if h == "pve" and MUTATING_104.match(c)]
     assert sent == [], f"mutating qm commands reached the wrong VM: {sent}"
+    changed = [c for h, c in fleet.commands if h == "pbs" and GUEST_CHANGES.search(c)]
+    assert changed == [], f"the guest of a wrong binding was changed: {changed}"
     assert fleet.vms["other"].pid == 1000 and fleet.vms["other"].running  # never restarted
     assert not fleet.vms["other"].pending  # no qm set reached it
     outcomes = result.parseoutcomes()
@@ -125,3 +128,39 @@ def test_a_verify_run_under_xdist_is_allowed(suite, fleet):
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "refused" not in result.stderr.str()
     result.stdout.fnmatch_lines(["*2 workers*"])
+
+
+def test_a_guest_unfit_for_patching_is_not_changed_when_the_preflight_is_deselected(suite):
+    (suite.path / "inventory.yaml").write_text(WRONG.replace("vmid: 104", "vmid: 101"))
+    fleet = fakes.FakeFleet([fakes.FakeVM("pbs", 101, "bc:24:11:00:00:01")])
+    result = run(suite, fleet, "-m", "patch", "-k", "not preflight", "--min-free-mb", "999999")
+    assert not [
+        c
+        for _, c in fleet.commands
+        if GUEST_CHANGES.search(c)
+        or c.startswith("qm ")
+        and re.match(r"qm (shutdown|stop|start|set)", c)
+    ]
+    result.stdout.fnmatch_lines(["*refused patch: only 1200 MB free on /, need 999999*"])
+
+
+def test_an_agent_naming_another_host_refuses_every_change(suite):
+    """MACs match, but the agent of this vmid reports another host name than SSH does."""
+    (suite.path / "inventory.yaml").write_text(WRONG.replace("vmid: 104", "vmid: 101"))
+    fleet = fakes.FakeFleet([fakes.FakeVM("pbs", 101, "bc:24:11:00:00:01", agent_name="grafana")])
+    result = run(suite, fleet, "-m", "patch", "-k", "not preflight")
+    assert not [c for _, c in fleet.commands if GUEST_CHANGES.search(c)]
+    assert not [c for _, c in fleet.commands if re.match(r"qm (shutdown|stop|start|set) ", c)]
+    result.stdout.fnmatch_lines(["*reports host name 'grafana', but SSH reaches 'pbs'*"])
+
+
+def test_xdist_refusal_holds_with_plugin_autoload_off(suite, fleet, monkeypatch):
+    pytest.importorskip("xdist")
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    result = suite.runpytest(
+        "--inventory", "inventory.yaml", "-p", "pvepatch.plugin", "-p", "xdist.plugin",
+        "-n", "2", "-m", "patch", plugins=[fakes.FleetPlugin(fleet)],
+    )  # fmt: skip
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*patch run under pytest-xdist (-n) is refused*"])
+    assert fleet.commands == []

@@ -6,7 +6,13 @@ import shlex
 
 import pytest
 from pvepatch.errors import ReadOnlyViolation
-from pvepatch.guest.apt import Apt, apt_command, diff_packages, parse_dpkg_query
+from pvepatch.guest.apt import (
+    Apt,
+    apt_command,
+    diff_packages,
+    parse_dpkg_query,
+    parse_simulation,
+)
 from pvepatch.transport.command import (
     CommandResult,
     GuardedTransport,
@@ -140,3 +146,18 @@ def test_guard_counts_mutations_in_patch_runs():
 
 def test_quote_keeps_values_out_of_the_shell():
     assert quote("test -c %s", "/dev/x; reboot") == "test -c '/dev/x; reboot'"
+
+
+def test_simulation_lines_give_the_planned_versions():
+    text = (
+        "NOTE: This is only a simulation!\n"
+        "Inst openssl [3.0.11-1~deb12u1] (3.0.15-1~deb12u1 Debian-Security:12/stable-security [amd64])\n"
+        "Inst linux-image-6.1.0-28-amd64 (6.1.119-1 Debian-Security:12/stable-security [amd64])\n"
+        "Conf openssl (3.0.15-1~deb12u1 Debian-Security:12/stable-security [amd64])\n"
+        "Inst pvelab-motd [1.0] (2.0)\n"
+    )
+    assert parse_simulation(text) == {
+        "openssl": "3.0.15-1~deb12u1",
+        "linux-image-6.1.0-28-amd64": "6.1.119-1",
+        "pvelab-motd": "2.0",
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -21,7 +22,7 @@ def test_a_bound_running_vm_is_proven_by_mac_and_agent_host_name():
     assert (proof.vmid, proof.status, proof.pid) == (101, "running", 4242)
     assert proof.binding == "MAC bc:24:11:00:00:01 and agent host name 'pbs'"
     assert proof.host_key == "ssh-ed25519 SHA256:abc"
-    proof.admit(101, "shutdown")  # allowed
+    proof.admit(101, "qm shutdown")  # allowed
 
 
 @pytest.mark.parametrize(
@@ -58,20 +59,20 @@ def test_without_the_agent_in_the_running_vm_the_mac_alone_binds_and_says_so():
 def test_a_lock_refuses_unless_skiplock():
     proof = prove_running(FakeQm(lock="backup"), "pve", FakeGuest())
     with pytest.raises(SafetyRefusal, match=r"VM is locked \(backup\)"):
-        proof.admit(101, "shutdown")
-    proof.admit(101, "shutdown", skiplock=True)
+        proof.admit(101, "qm shutdown")
+    proof.admit(101, "qm shutdown", skiplock=True)
 
 
 def test_a_proof_is_for_one_vm_one_state_and_a_short_time(monkeypatch):
     proof = running_proof(101)
     with pytest.raises(SafetyRefusal, match="the proof is for VM 101, not VM 102"):
-        proof.admit(102, "shutdown")
+        proof.admit(102, "qm shutdown")
     with pytest.raises(SafetyRefusal, match="qm start needs the VM stopped"):
-        proof.admit(101, "start")
+        proof.admit(101, "qm start")
     later = time.monotonic() + preconditions.MAX_PROOF_AGE + 1
     monkeypatch.setattr(preconditions.time, "monotonic", lambda: later)
     with pytest.raises(SafetyRefusal, match="old; prove it again"):
-        proof.admit(101, "shutdown")
+        proof.admit(101, "qm shutdown")
 
 
 def test_start_only_for_the_vm_this_run_took_down():
@@ -80,16 +81,25 @@ def test_start_only_for_the_vm_this_run_took_down():
         prove_stopped_by_us(FakeQm(vmid=102, status="stopped"), "pve", before)
     with pytest.raises(SafetyRefusal, match="is running, expected stopped"):
         prove_stopped_by_us(FakeQm(status="running"), "pve", before)
-    stopped_proof(101).admit(101, "start")
+    stopped_proof(101).admit(101, "qm start")
 
 
 def test_hard_stop_needs_the_same_qemu_process():
     before = running_proof(101)
-    prove_same_process(FakeQm(), "pve", before).admit(101, "stop")
+    prove_same_process(FakeQm(), "pve", before).admit(101, "qm stop")
     with pytest.raises(SafetyRefusal, match="no longer the process proven"):
         prove_same_process(FakeQm(pid=5000), "pve", before)
 
 
-def test_a_proof_cannot_be_made_outside_the_module():
+def test_a_proof_cannot_be_made_or_copied_outside_the_module():
     with pytest.raises(TypeError, match="made only by"):
         Proof(101, "pve", "running", 1, None, (), None, None, None, "forged", 0.0)
+    with pytest.raises(TypeError, match="made only by"):
+        dataclasses.replace(running_proof(101), vmid=102)
+
+
+def test_a_change_inside_the_guest_accepts_a_silent_agent_and_says_so():
+    proof = prove_running(FakeQm(agent_answers=False), "pve", FakeGuest(), agent_required=False)
+    assert proof.binding == "MAC bc:24:11:00:00:01 only (the agent is enabled but does not answer)"
+    with pytest.raises(SafetyRefusal, match="reports host name 'x'"):
+        prove_running(FakeQm(agent_name="x"), "pve", FakeGuest(), agent_required=False)

@@ -120,7 +120,7 @@ def _identity_table(vm: dict[str, Any]) -> str:
 def _safety_html(vm: dict[str, Any]) -> str:
     """The preconditions proven before each mutating qm command, the refusals, the notes."""
     rows = [
-        (f"qm {p['action']}", f"proven: {p['binding']}; host key {p.get('host_key') or '—'}")
+        (p["action"], f"proven: {p['binding']}; host key {p.get('host_key') or '—'}")
         for p in vm.get("proofs") or []
     ]
     rows += [("refused", refusal) for refusal in vm.get("refusals") or []]

@@ -151,7 +151,7 @@ def junit_properties(record: VMRecord) -> list[tuple[str, str]]:
     for change in facts.get("packages") or []:
         props.append(("package", f"{change['name']} {change['old']} -> {change['new']}"))
     for proof in facts["proofs"]:
-        props.append(("proof", f"qm {proof['action']}: {proof['binding']}"))
+        props.append(("proof", f"{proof['action']}: {proof['binding']}"))
     props += [("refused", refusal) for refusal in facts["refusals"]]
     return props
 

@@ -72,7 +72,7 @@ class VMCycle:
         return Apt(self.guest_transport(), self.options.lock_timeout, self.options.command_timeout)
 
     # --- the preconditions of every mutating qm command -------------------------------------
-    def prove_running(self, action: str) -> Proof:
+    def prove_running(self, action: str, agent_required: bool = True) -> Proof:
         """Prove, right now, that this VM is running and bound right (MACs, agent host name,
         verified host key), or raise SafetyRefusal. Recorded either way."""
         guest: Guest | Exception
@@ -81,12 +81,31 @@ class VMCycle:
         except TransportError as exc:
             guest = exc
         try:
-            proof = prove_running(self.qm(), self.target.proxmox.name, guest)
+            proof = prove_running(self.qm(), self.target.proxmox.name, guest, agent_required)
             proof.admit(self.target.vmid, action, self.options.skiplock)
         except SafetyRefusal as exc:
-            self.record.refusals.append(f"qm {action}: {exc.reason}")
+            self.record.refusals.append(f"{action}: {exc.reason}")
             raise
         self.note(action, proof)
+        return proof
+
+    def prove_fit_for_changes(self, action: str) -> Proof:
+        """Before changing anything inside the guest (apt, systemctl), whatever tests ran: the VM
+        is running and bound right (the agent's host name when it answers), no Proxmox lock,
+        room on / and /boot, and dpkg consistent. Raises SafetyRefusal with every reason."""
+        proof = self.prove_running(action, agent_required=False)
+        guest, opts = self.guest(), self.options
+        problems = []
+        for path, need in (("/", opts.min_free_root_mb), ("/boot", opts.min_free_boot_mb)):
+            free = guest.free_mb(path)
+            if free < need:
+                problems.append(f"only {free} MB free on {path}, need {need}")
+        if guest.dpkg_audit():
+            problems.append("dpkg --audit reports problems (fix with dpkg --configure -a)")
+        if problems:
+            reason = "; ".join(problems)
+            self.record.refusals.append(f"{action}: {reason}")
+            raise SafetyRefusal(self.target.vmid, reason)
         return proof
 
     def note(self, action: str, proof: Proof) -> None:
@@ -111,12 +130,13 @@ class VMCycle:
         guest, apt, qm = self.guest(), self.apt(), self.qm()
         outcome.installed_before = guest.host.package(AGENT_PACKAGE).is_installed
         if not outcome.installed_before:
+            self.prove_fit_for_changes("agent install")
             apt.update()
             apt.install(AGENT_PACKAGE)
             outcome.installed_by_run = True
         outcome.enabled_in_config_before = agent_enabled(qm.config())
         if not outcome.enabled_in_config_before:
-            qm.set_agent(self.prove_running("set"), True)
+            qm.set_agent(self.prove_running("qm set"), True)
             outcome.enabled_by_run = True
             return outcome
         wait_for(
@@ -127,6 +147,7 @@ class VMCycle:
             progress=self.progress,
         )
         if not guest.host.service(AGENT_SERVICE).is_running:
+            self.prove_fit_for_changes("agent start")
             guest.transport.run(
                 "systemctl start %s", AGENT_SERVICE, timeout=120, mutating=True
             ).check("cannot start the guest agent")
@@ -135,10 +156,12 @@ class VMCycle:
 
     # --- stage 3: apt ------------------------------------------------------------------------
     def patch(self) -> AptRun:
+        self.prove_fit_for_changes("patch")
         guest, apt = self.guest(), self.apt()
         run = AptRun(boot_id_before=guest.boot_id())
         before = apt.installed()
         run.update, run.lock_waits = apt.update()
+        run.planned = apt.planned()
         run.upgrade = apt.dist_upgrade()
         run.autoremove = apt.autoremove()
         run.changes = diff_packages(before, apt.installed())
@@ -155,8 +178,3 @@ class VMCycle:
         """The guest's boot and kernel, the hypervisor's QEMU process and its uptime, now."""
         guest, status = self.guest(), self.qm().run_status()
         return Identity(guest.boot_id(), guest.kernel(), status.pid, status.uptime)
-
-
-def one_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(exc).__name__

@@ -9,12 +9,13 @@ from typing import Protocol
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import Identity, RestartOutcome
 from pvepatch.cycle.wait import ticking, wait_for
-from pvepatch.errors import PvepatchError, SafetyRefusal, TransportError
+from pvepatch.errors import PvepatchError, SafetyRefusal, last_line, one_line
 from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
 from pvepatch.proxmox.parse import AGENT_PORT
 from pvepatch.proxmox.preconditions import Proof, prove_same_process, prove_stopped_by_us
 from pvepatch.proxmox.qm import Qm
+from pvepatch.transport.command import CommandResult
 from pvepatch.transport.connections import Connections
 
 
@@ -51,6 +52,7 @@ class Restart:
         self.qm: Qm = cycle.qm()
         self.outcome = RestartOutcome(method=cycle.options.restart_method)
         self.proof: Proof | None = None  # the running VM, proven right before it was taken down
+        self._uncertain: str | None = None  # why the VM's state after an interruption is unknown
 
     def run(self) -> RestartOutcome:
         outcome, name = self.outcome, self.target.name
@@ -61,12 +63,15 @@ class Restart:
             return outcome
         try:
             self.proof = self.cycle.prove_running(
-                "stop" if self.options.restart_method == "stop" else "shutdown"
+                "qm stop" if self.options.restart_method == "stop" else "qm shutdown"
             )
             guest = self.cycle.guest()
             outcome.before = Identity(guest.boot_id(), guest.kernel(), self.proof.pid)
-        except (SafetyRefusal, PvepatchError) as exc:
-            outcome.refused = exc.reason if isinstance(exc, SafetyRefusal) else str(exc)
+        except SafetyRefusal as exc:
+            outcome.refused = exc.reason
+            return outcome
+        except PvepatchError as exc:
+            outcome.refused = one_line(exc)
             return outcome
         try:
             # Down from the moment the shutdown is sent: an interruption inside `qm shutdown`
@@ -78,6 +83,11 @@ class Restart:
             if not self._start():
                 return outcome
             self.fleet.down.pop(name, None)
+        except PvepatchError as exc:  # the Proxmox host stopped answering, say: record, go on
+            step = "start" if "start_sent" in outcome.times else "shutdown"
+            outcome.errors[step] = one_line(exc)
+            self._bring_back_if_stopped()
+            return outcome
         except BaseException:
             self._bring_back_if_stopped()
             raise
@@ -110,7 +120,7 @@ class Restart:
                 except SafetyRefusal as exc:
                     outcome.errors["stop"] = f"hard stop refused: {exc.reason}"
                     return False
-                self.cycle.note("stop", proof)
+                self.cycle.note("qm stop", proof)
                 outcome.hard_stop = qm.stop(proof, opts.stop_timeout, skiplock=opts.skiplock)
         if outcome.hard_stop is not None and not outcome.hard_stop.ok:
             outcome.errors["stop"] = (
@@ -141,7 +151,7 @@ class Restart:
         except SafetyRefusal as exc:
             outcome.errors["start"] = f"start refused: {exc.reason}"
             return False
-        self.cycle.note("start", proof)
+        self.cycle.note("qm start", proof)
         outcome.mark("start_sent")
         outcome.start = qm.start(proof, skiplock=self.options.skiplock)
         outcome.started = outcome.start.ok and self._status() == "running"
@@ -209,38 +219,53 @@ class Restart:
             return f"unknown ({str(exc).splitlines()[0]})"
 
     def _bring_back_if_stopped(self) -> None:
-        """Interrupted between stop and start: start the VM again rather than leave it down."""
-        outcome = self.outcome
-        if self.target.name not in self.fleet.down or self.proof is None:
+        """Interrupted (or cut off) between the shutdown and the start: start the VM again
+        rather than leave it down, or, when it cannot be known, leave it reported as down."""
+        outcome, name, vmid = self.outcome, self.target.name, self.target.vmid
+        if name not in self.fleet.down or self.proof is None:
+            return
+        if "start_sent" in outcome.times and self._status() == "running":
+            return  # started by this run already
+        try:
+            # A shutdown sent before the interruption goes on inside the guest even though our
+            # `qm shutdown` was cut off: wait for it to the end of its timeout, saying so.
+            wait_for(
+                f"the shutdown of VM {vmid} that was under way",
+                lambda: self._status() != "running",
+                timeout=self.options.shutdown_timeout + 30,
+                interval=2,
+                progress=self.cycle.progress,
+            )
+        except PvepatchError:
+            self._uncertain = (
+                f"its shutdown was under way when the run was interrupted and it was still "
+                f"running {self.options.shutdown_timeout + 30} s later: check it (qm status "
+                f"{vmid}) and start it if it stopped"
+            )
+            outcome.errors["interrupted"] = f"run interrupted; {self._uncertain}"
             return
         try:
-            # A shutdown sent just before the interruption may still be under way on the host:
-            # let it finish (bounded) rather than find the VM "already running" and then stopped.
-            deadline = time.monotonic() + min(self.options.shutdown_timeout, 90)
-            while self._status() == "running" and time.monotonic() < deadline:
-                time.sleep(2)
-            if self._status() == "running":
-                outcome.errors["interrupted"] = "run interrupted; the VM is still running"
-                return
             proof = prove_stopped_by_us(self.qm, self.target.proxmox.name, self.proof)
-            self.cycle.note("start", proof)
+            self.cycle.note("qm start", proof)
             result = self.qm.start(proof, skiplock=self.options.skiplock)
             outcome.errors["interrupted"] = (
                 f"run interrupted; VM started again (qm start rc={result.rc})"
             )
-        except (PvepatchError, TransportError) as exc:
+        except PvepatchError as exc:
             outcome.errors["interrupted"] = f"run interrupted; starting the VM again failed: {exc}"
 
     def _note_if_left_stopped(self) -> None:
         name = self.target.name
-        if name in self.fleet.down and self._status() == "running":
+        if name not in self.fleet.down:
+            return
+        if self._uncertain:
+            self.fleet.down[name] = f"NOT KNOWN TO BE RUNNING: {self._uncertain}"
+        elif self._status() == "running":
             self.fleet.down.pop(name, None)
-        elif name in self.fleet.down:
+        else:
             self.fleet.down[name] = f"LEFT STOPPED by this run (status: {self._status()})"
 
 
-def _why(result: object) -> str:
-    stderr = getattr(result, "stderr", "") or ""
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    rc = getattr(result, "rc", "?")
-    return f"exit {rc}: {lines[-1]}" if lines else f"exit {rc}"
+def _why(result: CommandResult) -> str:
+    line = last_line(result.stderr)
+    return f"exit {result.rc}: {line}" if line else f"exit {result.rc}"

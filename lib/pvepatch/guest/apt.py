@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -80,6 +81,7 @@ class AptRun:
     lock_waits: int = 0
     boot_id_before: str | None = None  # the guest's boot before and after: it must not reboot
     boot_id_after: str | None = None  # itself during the upgrade
+    planned: dict[str, str] = field(default_factory=dict)  # what apt-get -s said it would install
 
     @property
     def upgraded(self) -> list[PackageChange]:
@@ -138,12 +140,24 @@ class Apt:
 
     def pending_upgrades(self) -> list[str]:
         """Packages a dist-upgrade would still change (a simulation: read-only)."""
+        return sorted(self.planned())
+
+    def planned(self) -> dict[str, str]:
+        """What a dist-upgrade would install now, package -> version (`apt-get -s`, read-only)."""
         result = self.transport.run(
             "apt-get -s -o Debug::NoLocking=1 dist-upgrade", timeout=300, mutating=False
         ).check("apt-get -s dist-upgrade failed")
-        return sorted(
-            {line.split()[1] for line in result.stdout.splitlines() if line.startswith("Inst ")}
-        )
+        return parse_simulation(result.stdout)
+
+
+def parse_simulation(text: str) -> dict[str, str]:
+    """`Inst openssl [3.0.1-1] (3.0.2-1 Debian:12.5/stable [amd64])` -> {"openssl": "3.0.2-1"}."""
+    planned = {}
+    for line in text.splitlines():
+        match = re.match(r"Inst (\S+)(?: \[[^\]]*\])? \(([^\s)]+)", line)
+        if match:
+            planned[match.group(1)] = match.group(2)
+    return planned
 
 
 def _package_name(name: str) -> str:

@@ -34,8 +34,7 @@ STAGES_DIR = "tests_patch"
 PACKAGED_STAGES = Path(__file__).resolve().parents[1] / "stages"
 FACTORY_KEY = pytest.StashKey[TransportFactory]()  # tests hand in a fake fleet here
 
-__all__ = ["FACTORY_KEY", "RUN_KEY", "PvepatchPlugin", "names_patch", "patch_selected", "stage_of"]
-patch_selected = names_patch  # the mode as far as it is known before collection
+__all__ = ["FACTORY_KEY", "RUN_KEY", "PvepatchPlugin", "names_patch", "stage_of"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -127,9 +126,3 @@ def cycle(pvepatch_run: PvepatchPlugin, target: Target) -> VMCycle:
 def options(pvepatch_run: PvepatchPlugin) -> Options:
     """The run's safety and timing options."""
     return pvepatch_run.options
-
-
-@pytest.fixture
-def patch_run(pvepatch_run: PvepatchPlugin) -> bool:
-    """True when this run patches (mutating stages selected with -m), False for verify."""
-    return pvepatch_run.mode == PATCH

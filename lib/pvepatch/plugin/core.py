@@ -15,6 +15,7 @@ from pvepatch.audit.summary import junit_properties
 from pvepatch.cycle.actions import VMCycle
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import VMRecord, verdict
+from pvepatch.errors import one_line
 from pvepatch.inventory import Inventory, Target
 from pvepatch.plugin.mode import PATCH, VERIFY, belongs_to_verify, decide_mode, stage_of
 from pvepatch.transport.command import ReadOnlyGuard
@@ -149,7 +150,7 @@ class PvepatchPlugin:
                 self.record(target).completed = True
                 report.user_properties += junit_properties(self.record(target))
         if stage is not None and report.failed:
-            reason = _one_line(call.excinfo.value) if call.excinfo else "failed"
+            reason = one_line(call.excinfo.value) if call.excinfo else "failed"
             name = getattr(item, "originalname", item.name)
             self.record(target).fail(stage.name, stage.order, name, reason)
         return report
@@ -207,12 +208,13 @@ _XDIST_REFUSAL = (
 
 def refuse_parallel_patch(config: pytest.Config, markexpr_names_patch: bool) -> None:
     """Before anything is touched: no patch run under xdist workers (until the fleet budget)."""
-    if not markexpr_names_patch or not config.pluginmanager.hasplugin("xdist"):
+    if not markexpr_names_patch:
         return
-    workers = config.getoption("numprocesses", None)
+    workers = config.getoption("numprocesses", None)  # None when xdist is not loaded at all
     if (
         workers not in (None, 0, "0")
         or config.getoption("tx", None)
+        or config.getoption("dist", "no") != "no"
         or hasattr(config, "workerinput")
     ):
         raise pytest.UsageError(_XDIST_REFUSAL)
@@ -227,9 +229,3 @@ def target_of(item: pytest.Item) -> Target | None:
 def _unbound(item: pytest.Item) -> bool:
     """A per-VM test with no VM to run on (e.g. Pi-hole checks when there is no Pi-hole)."""
     return "target" in getattr(item, "fixturenames", ()) and target_of(item) is None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return first[:300]

@@ -50,9 +50,11 @@ def stage_of(item: pytest.Item) -> Stage | None:
 
 
 def names_patch(markexpr: str) -> bool:
-    """True when the -m expression names the `patch` mark (`-m patch`, `-m "patch and not
-    verify"`); only such a run can patch. A bare run, `-m verify`, `-m "not verify"` cannot."""
-    return PATCH in _IDENT.findall(markexpr or "")
+    """True when the -m expression names the `patch` mark, not negated (`-m patch`,
+    `-m "patch and not verify"`); only such a run can patch. A bare run, `-m verify`,
+    `-m "not verify"` and `-m "not patch"` cannot."""
+    words = _IDENT.findall(markexpr or "")
+    return any(w == PATCH and (i == 0 or words[i - 1] != "not") for i, w in enumerate(words))
 
 
 def decide_mode(markexpr: str, items: Sequence[pytest.Item]) -> str:

@@ -19,7 +19,7 @@ from pvepatch.audit import html as html_report
 from pvepatch.audit.auditlog import AuditLog
 from pvepatch.audit.redact import REDACTOR_KEY, Redactor, redact_report
 from pvepatch.cycle.record import VMRecord
-from pvepatch.plugin.core import RUN_KEY
+from pvepatch.plugin.core import RUN_KEY, target_of
 from pvepatch.plugin.mode import names_patch, stage_of
 
 AUDIT_KEY = pytest.StashKey[AuditLog]()
@@ -170,7 +170,7 @@ class AuditPlugin:
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: Any) -> None:
         markexpr = self.audit.config.getoption("markexpr") or ""
-        mode = "patch" if names_patch(markexpr) else "verify"  # collection has not run yet
+        mode = "patch" if names_patch(markexpr) else "verify"  # called before collection
         report.title = f"pvepatch {mode} run {self.audit.run_id}"
 
     @pytest.hookimpl(optionalhook=True)
@@ -199,12 +199,10 @@ class AuditPlugin:
 
 
 def _key(item: pytest.Item) -> tuple[str, str] | None:
-    callspec = getattr(item, "callspec", None)
-    target = callspec.params.get("target") if callspec else None
-    stage = stage_of(item)
-    if target is None or stage is None or not hasattr(target, "name"):
+    target, stage = target_of(item), stage_of(item)
+    if target is None or stage is None:
         return None
-    return target.name, stage[0]
+    return target.name, stage.name
 
 
 def _message(report: pytest.TestReport) -> str:

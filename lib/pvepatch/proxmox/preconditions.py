@@ -9,15 +9,16 @@ asking Proxmox and the guest right now. Whatever tests were selected or skipped,
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from pvepatch.errors import PvepatchError, SafetyRefusal
+from pvepatch.errors import PvepatchError, SafetyRefusal, one_line
 from pvepatch.proxmox.parse import RunStatus, agent_enabled, net_macs
 
 # A binding proof older than this is not trusted for a shutdown, stop or set.
 MAX_PROOF_AGE = 60.0
-_MINT = object()  # only this module makes proofs
+_minting: ContextVar[bool] = ContextVar("pvepatch_minting_a_proof", default=False)
 
 
 class QmView(Protocol):
@@ -57,50 +58,63 @@ class Proof:
     host_key: str | None
     binding: str  # how the binding was proven, in words, for the record
     at: float
-    mint: object = None
 
     def __post_init__(self) -> None:
-        if self.mint is not _MINT:
+        if not _minting.get():  # also refuses dataclasses.replace() copies made elsewhere
             raise TypeError("a Proof is made only by pvepatch.proxmox.preconditions")
 
-    def admit(self, vmid: int, action: str, skiplock: bool = False) -> None:
-        """Raise SafetyRefusal unless this proof allows `action` on `vmid` now."""
+    def admit(
+        self, vmid: int, action: str, skiplock: bool = False, node: str | None = None
+    ) -> None:
+        """Raise SafetyRefusal unless this proof allows `action` on `vmid` (on `node`) now."""
         if vmid != self.vmid:
             raise SafetyRefusal(vmid, f"the proof is for VM {self.vmid}, not VM {vmid}")
-        wanted = "stopped" if action == "start" else "running"
+        if node is not None and node != self.node:
+            raise SafetyRefusal(vmid, f"the proof is for VM {vmid} on {self.node}, not on {node}")
+        wanted = "stopped" if action == "qm start" else "running"
         if self.status != wanted:
-            raise SafetyRefusal(
-                vmid, f"qm {action} needs the VM {wanted}, Proxmox said {self.status}"
-            )
+            raise SafetyRefusal(vmid, f"{action} needs the VM {wanted}, Proxmox said {self.status}")
         if self.lock and not skiplock:
             raise SafetyRefusal(
                 vmid, f"VM is locked ({self.lock}) on {self.node} (use --skiplock to override)"
             )
         age = time.monotonic() - self.at
-        if action != "start" and age > MAX_PROOF_AGE:
+        if action != "qm start" and age > MAX_PROOF_AGE:
             raise SafetyRefusal(vmid, f"the binding proof is {age:.0f} s old; prove it again")
 
 
-def prove_running(qm: QmView, node: str, guest: GuestView | Exception) -> Proof:
+def _mint(**fields: Any) -> Proof:
+    token = _minting.set(True)
+    try:
+        return Proof(**fields, at=time.monotonic())
+    finally:
+        _minting.reset(token)
+
+
+def prove_running(
+    qm: QmView, node: str, guest: GuestView | Exception, agent_required: bool = True
+) -> Proof:
     """Prove that VM `qm.vmid` on `node` is running and is the guest SSH reaches.
 
     The binding: the NIC MACs in `qm config` are the guest's own, and, when the agent is enabled
     in the running VM, the host name the agent reports is the one SSH reports. The guest's host
     key must have been verified on this run's connection. `guest` is the exception raised when
-    the guest could not be reached. Raises SafetyRefusal with the reason.
+    the guest could not be reached. With `agent_required=False` (a change inside the guest, such
+    as installing the agent), an agent that does not answer leaves the binding to the MACs.
+    Raises SafetyRefusal with the reason.
     """
     vmid = qm.vmid
     status, config, running_config = _ask(qm, node)
     if status.status != "running":
         raise SafetyRefusal(vmid, f"VM {vmid} on {node} is {status.status}, expected running")
     if isinstance(guest, Exception):
-        raise SafetyRefusal(vmid, f"the guest cannot be reached over SSH: {_line(guest)}")
+        raise SafetyRefusal(vmid, f"the guest cannot be reached over SSH: {one_line(guest)}")
     try:
         host_key = guest.host_key()
         seen = guest.macs()
         ssh_hostname = guest.hostname()
     except PvepatchError as exc:
-        raise SafetyRefusal(vmid, f"cannot read the guest's identity: {_line(exc)}") from exc
+        raise SafetyRefusal(vmid, f"cannot read the guest's identity: {one_line(exc)}") from exc
     if not host_key:
         raise SafetyRefusal(vmid, "the guest's SSH host key was not verified on this connection")
     configured = net_macs(config)
@@ -111,10 +125,18 @@ def prove_running(qm: QmView, node: str, guest: GuestView | Exception) -> Proof:
             f"wrong binding: VM {vmid} on {node} has NIC MAC(s) {sorted(configured)}, but the "
             f"guest reached over SSH has {sorted(seen)}",
         )
-    agent_hostname = None
+    agent_hostname: str | None = None
     binding = f"MAC {', '.join(sorted(shared))}"
     if agent_enabled(running_config):
-        agent_hostname = _agent_hostname(qm, node)
+        try:
+            agent_hostname = _agent_hostname(qm, node)
+        except SafetyRefusal:
+            if agent_required:
+                raise
+            binding += " only (the agent is enabled but does not answer)"
+    else:
+        binding += " only (the agent is not enabled in the running VM yet)"
+    if agent_hostname is not None:
         if agent_hostname != ssh_hostname:
             raise SafetyRefusal(
                 vmid,
@@ -122,9 +144,7 @@ def prove_running(qm: QmView, node: str, guest: GuestView | Exception) -> Proof:
                 f"'{agent_hostname}', but SSH reaches '{ssh_hostname}'",
             )
         binding += f" and agent host name '{agent_hostname}'"
-    else:
-        binding += " only (the agent is not enabled in the running VM yet)"
-    return Proof(
+    return _mint(
         vmid=vmid,
         node=node,
         status=status.status,
@@ -135,8 +155,6 @@ def prove_running(qm: QmView, node: str, guest: GuestView | Exception) -> Proof:
         agent_hostname=agent_hostname,
         host_key=host_key,
         binding=binding,
-        at=time.monotonic(),
-        mint=_MINT,
     )
 
 
@@ -168,7 +186,7 @@ def prove_same_process(qm: QmView, node: str, before: Proof) -> Proof:
 
 
 def _after(before: Proof, status: RunStatus, config: dict[str, str], how: str) -> Proof:
-    return Proof(
+    return _mint(
         vmid=before.vmid,
         node=before.node,
         status=status.status,
@@ -179,8 +197,6 @@ def _after(before: Proof, status: RunStatus, config: dict[str, str], how: str) -
         agent_hostname=before.agent_hostname,
         host_key=before.host_key,
         binding=f"{before.binding}; {how}",
-        at=time.monotonic(),
-        mint=_MINT,
     )
 
 
@@ -193,7 +209,7 @@ def _ask(
         current = qm.config(current=True) if running else config
     except PvepatchError as exc:
         raise SafetyRefusal(
-            qm.vmid, f"Proxmox host {node} did not answer for VM {qm.vmid}: {_line(exc)}"
+            qm.vmid, f"Proxmox host {node} did not answer for VM {qm.vmid}: {one_line(exc)}"
         ) from exc
     return status, config, current
 
@@ -205,10 +221,5 @@ def _agent_hostname(qm: QmView, node: str) -> str:
         raise SafetyRefusal(
             qm.vmid,
             f"the guest agent of VM {qm.vmid} on {node} does not answer, so the binding cannot "
-            f"be proven: {_line(exc)}",
+            f"be proven: {one_line(exc)}",
         ) from exc
-
-
-def _line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

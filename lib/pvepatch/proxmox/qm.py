@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pvepatch.errors import QmError
+from pvepatch.errors import QmError, last_line
 from pvepatch.proxmox.parse import (
     RunStatus,
     parse_agent_output,
@@ -38,7 +38,9 @@ class Qm:
         result = self.transport.run(command, *args, timeout=timeout, mutating=mutating)
         if check and not result.ok:
             raise QmError(
-                result, self.vmid, f"qm failed for VM {self.vmid}: {_last_line(result.stderr)}"
+                result,
+                self.vmid,
+                f"qm failed for VM {self.vmid}: {last_line(result.stderr) or '(no error text)'}",
             )
         return result
 
@@ -89,7 +91,7 @@ class Qm:
 
     # --- mutating: each takes the Proof made right before it (proxmox.preconditions) ------
     def set_agent(self, proof: Proof, enabled: bool = True) -> CommandResult:
-        proof.admit(self.vmid, "set")
+        proof.admit(self.vmid, "qm set", node=self.transport.host)
         return self._run(
             "qm set %s --agent %s", self.vmid, f"enabled={int(enabled)}", mutating=True
         )
@@ -98,7 +100,7 @@ class Qm:
         self, proof: Proof, timeout: int, skiplock: bool = False, force_stop: bool = False
     ) -> CommandResult:
         """Clean shutdown through the agent (or ACPI); returns the result, never raises on rc."""
-        proof.admit(self.vmid, "shutdown", skiplock)
+        proof.admit(self.vmid, "qm shutdown", skiplock, node=self.transport.host)
         command = "qm shutdown %s --timeout %s" + (" --skiplock 1" if skiplock else "")
         command += " --forceStop 1" if force_stop else ""
         return self._run(
@@ -113,7 +115,7 @@ class Qm:
     def stop(self, proof: Proof, timeout: int = 60, skiplock: bool = False) -> CommandResult:
         """Power-off (`qm stop`): allowed on a proof of the running VM (the hard-stop fallback
         reuses the proof made before its failed shutdown: the VM is still running)."""
-        proof.admit(self.vmid, "stop", skiplock)
+        proof.admit(self.vmid, "qm stop", skiplock, node=self.transport.host)
         command = "qm stop %s --timeout %s" + (" --skiplock 1" if skiplock else "")
         return self._run(
             command,
@@ -126,11 +128,6 @@ class Qm:
 
     def start(self, proof: Proof, skiplock: bool = False) -> CommandResult:
         """`qm start`, only for a VM this run proved stopped (`prove_stopped_by_us`)."""
-        proof.admit(self.vmid, "start", skiplock)
+        proof.admit(self.vmid, "qm start", skiplock, node=self.transport.host)
         command = "qm start %s" + (" --skiplock 1" if skiplock else "")
         return self._run(command, self.vmid, timeout=120.0 + TASK_SLACK, mutating=True, check=False)
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "(no error text)"
