@@ -43,7 +43,8 @@ class SSHD:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(5)
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.acceptor = threading.Thread(target=self._serve, daemon=True)
+        self.acceptor.start()
 
     def _serve(self):
         while True:
@@ -81,6 +82,16 @@ class SSHD:
             pass
 
     def close(self):
+        # Stop the accept loop before the descriptor is freed: a bare close() leaves _serve()
+        # able to call accept() on the fd *number* after the next test's server reused it, and
+        # then this server (with its own host key) answers the next test's connection.
+        # shutdown() wakes a blocked accept(); the fd is released only once the loop has ended.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.acceptor.join(5)
+        assert not self.acceptor.is_alive(), "test SSH server did not stop accepting"
         self.sock.close()
 
 
