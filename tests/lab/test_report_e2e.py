@@ -126,7 +126,13 @@ def test_report_and_ledger_hold_the_guests_real_facts(patched):
         rf"<b>mutating commands sent</b></td><td>{patched.records[-1]['mutating_commands_sent']}</td>",
         page,
     )
-    transcript = next(patched.html.parent.glob("pvepatch-e2e-patch.files/pbs-*dist-upgrade.txt"))
+    transcript = next(  # the upgrade itself, not the plan (apt-get -s dist-upgrade) before it
+        path
+        for path in sorted(
+            patched.html.parent.glob("pvepatch-e2e-patch.files/pbs-*dist-upgrade.txt")
+        )
+        if " apt-get -y " in path.read_text().splitlines()[1]
+    )
     assert "Setting up pvelab-kernel-sim" in transcript.read_text()
     assert f'href="pvepatch-e2e-patch.files/{transcript.name}"' in page
     print(f"report {patched.html} ({patched.html.stat().st_size} bytes)")
