@@ -10,8 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-LEDGER_VERSION = 1
-
 
 def iso(ts: float | None) -> str | None:
     """Epoch seconds as local ISO 8601 with the UTC offset (what an auditor reads)."""

@@ -83,10 +83,6 @@ class AptRun:
     boot_id_after: str | None = None  # itself during the upgrade
     planned: dict[str, str] = field(default_factory=dict)  # what apt-get -s said it would install
 
-    @property
-    def upgraded(self) -> list[PackageChange]:
-        return [c for c in self.changes if c.kind == "upgraded"]
-
 
 class Apt:
     """apt-get in one guest, over a Transport."""
