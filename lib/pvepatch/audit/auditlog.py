@@ -80,7 +80,7 @@ class AuditLog:
         return {
             "run id": self.run_id,
             "operator": operator(),
-            "pvepatch version": version(config.rootpath),
+            "pvepatch version": version(),
             "inventory": str(Path(inv.path).resolve()),
             "inventory sha256": sha256(Path(inv.path)),
             "group": config.getoption("group"),

@@ -197,8 +197,10 @@ def operator() -> str:
     return f"{who} (sudo by {sudo})" if sudo and sudo != user else who
 
 
-def version(root: Path) -> str:
-    """pvepatch's version, with the git commit (and `-dirty`) when run from a checkout."""
+def version() -> str:
+    """pvepatch's version, with the git commit (and `-dirty`) when pvepatch itself is a checkout
+    (not the directory pytest runs in, which may be the operator's own repository)."""
+    root = Path(pvepatch.__file__).resolve().parent
     try:
         commit = _git(root, "rev-parse", "HEAD")
         dirty = _git(root, "status", "--porcelain", "--untracked-files=no")

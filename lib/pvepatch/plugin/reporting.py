@@ -56,11 +56,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def default_report_paths(config: pytest.Config, mode_hint: str) -> dict[str, str]:
     """Default pytest-html's `--html` (self-contained) and JUnit's `--junitxml` to
-    `reports/pvepatch-<stamp>-<mode_hint>.html/.xml`, each only when the user left it unset,
+    `reports/pvepatch-<stamp>-<mode_hint>.html/.xml` in the directory pytest runs in, each only
+    when the user left it unset,
     and neither under `--collect-only`. Returns what it set, by option name."""
     if config.option.collectonly:
         return {}
-    stem = config.rootpath / "reports" / f"pvepatch-{dt.datetime.now():%Y%m%d-%H%M%S}-{mode_hint}"
+    stem = (
+        config.invocation_params.dir
+        / "reports"
+        / f"pvepatch-{dt.datetime.now():%Y%m%d-%H%M%S}-{mode_hint}"
+    )
     chosen = {}
     if hasattr(config.option, "htmlpath") and not config.option.htmlpath:
         config.option.htmlpath = chosen["htmlpath"] = str(stem.with_suffix(".html"))
@@ -78,7 +83,7 @@ def _ledger_path(config: pytest.Config, html_path: str | None) -> Path:
         return Path(html_path).resolve().with_suffix(".jsonl")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     mode = "patch" if names_patch(config.getoption("markexpr") or "") else "verify"
-    return config.rootpath / "reports" / f"pvepatch-{stamp}-{mode}.jsonl"
+    return config.invocation_params.dir / "reports" / f"pvepatch-{stamp}-{mode}.jsonl"
 
 
 def _redact_metadata(config: pytest.Config, redactor: Redactor) -> None:
