@@ -108,7 +108,7 @@ def test_inventory_secrets_including_vault_variables_and_vault_tags(tmp_path):
         "all:\n  vars:\n    ansible_become_password: inv-pw-123\n    vault_api: v-456789\n"
         "    ansible_ssh_private_key_file: /home/ops/.ssh/id_ed25519\n"
         "    db_password: !vault |\n      $ANSIBLE_VAULT;1.1;AES256\n      6162\n"
-        "  hosts:\n    pbs: {ansible_host: 10.0.0.1}\n"
+        "  hosts:\n    pbs: {ansible_host: 192.0.2.1}\n"
     )
     r = Redactor.for_run({}, inventory)
     assert {"inv-pw-123", "v-456789"} <= r.secrets
