@@ -1,4 +1,4 @@
-"""pvepatch as a pytest plugin (entry point `pytest11: pvepatch`): options, markers, fixtures,
+"""pvepatch as a pytest plugin (pytest11 entry point `pvepatch.plugin`): options, markers, fixtures,
 and one PvepatchPlugin per run (pvepatch.plugin.core) when an inventory or the stages are used."""
 
 from __future__ import annotations
