@@ -13,7 +13,7 @@ from pvepatch.cycle.record import VMRecord
 from pvepatch.errors import InventoryError
 from pvepatch.inventory import Target, load_inventory
 from pvepatch.plugin.core import PLUGIN_NAME, RUN_KEY, PvepatchPlugin, refuse_parallel_patch
-from pvepatch.plugin.mode import PATCH, STAGES, names_patch, stage_of
+from pvepatch.plugin.mode import PATCH, STAGES, names_patch, stage_of, written_mode
 from pvepatch.plugin.options import add_options, check_options, options_from
 from pvepatch.plugin.reporting import default_report_paths
 from pvepatch.transport.command import ReadOnlyGuard
@@ -48,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _is_pvepatch_run(config):
         return
     check_options(config)
-    refuse_parallel_patch(config, names_patch(config.getoption("markexpr") or ""))
+    refuse_parallel_patch(config, written_mode(config) == PATCH)
     path = config.getoption("inventory") or str(config.rootpath / "inventory.yaml")
     try:
         inventory = load_inventory(path, config.getoption("group"), config.getoption("limit"))
@@ -71,9 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[RUN_KEY] = plugin
     config.pluginmanager.register(plugin, PLUGIN_NAME)
-    default_report_paths(
-        config, PATCH if names_patch(config.getoption("markexpr") or "") else "verify"
-    )
+    default_report_paths(config, written_mode(config))
 
 
 def _collect_the_stages(config: pytest.Config) -> None:

@@ -57,6 +57,12 @@ def names_patch(markexpr: str) -> bool:
     return any(w == PATCH and (i == 0 or words[i - 1] != "not") for i, w in enumerate(words))
 
 
+def written_mode(config: pytest.Config) -> str:
+    """The mode as `-m` is written, before collection decides the run's mode: what names the
+    report files and titles the report, which pytest-html needs before collection."""
+    return PATCH if names_patch(config.getoption("markexpr") or "") else VERIFY
+
+
 def decide_mode(markexpr: str, items: Sequence[pytest.Item]) -> str:
     """The run's mode, from the -m expression and the tests left after pytest's own -m, -k,
     --deselect and node-id selection: `patch` when -m names `patch` and a mutating stage is

@@ -20,7 +20,7 @@ from pvepatch.audit.auditlog import AuditLog
 from pvepatch.audit.redact import REDACTOR_KEY, Redactor, redact_report
 from pvepatch.cycle.record import VMRecord
 from pvepatch.plugin.core import RUN_KEY, target_of
-from pvepatch.plugin.mode import names_patch, stage_of
+from pvepatch.plugin.mode import stage_of, written_mode
 
 AUDIT_KEY = pytest.StashKey[AuditLog]()
 
@@ -82,7 +82,7 @@ def _ledger_path(config: pytest.Config, html_path: str | None) -> Path:
     if html_path:
         return Path(html_path).resolve().with_suffix(".jsonl")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    mode = "patch" if names_patch(config.getoption("markexpr") or "") else "verify"
+    mode = written_mode(config)
     return config.invocation_params.dir / "reports" / f"pvepatch-{stamp}-{mode}.jsonl"
 
 
@@ -174,9 +174,7 @@ class AuditPlugin:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: Any) -> None:
-        markexpr = self.audit.config.getoption("markexpr") or ""
-        mode = "patch" if names_patch(markexpr) else "verify"  # called before collection
-        report.title = f"pvepatch {mode} run {self.audit.run_id}"
+        report.title = f"pvepatch {written_mode(self.audit.config)} run {self.audit.run_id}"
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(
