@@ -9,12 +9,14 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pvepatch.cycle.slots import HOST_SLOT_DIR, LocalHeld
 from pvepatch.errors import TransportError
 from pvepatch.inventory import SSHSpec
 from pvepatch.transport.command import CommandResult
@@ -45,6 +47,8 @@ class FakeVM:
     reboot_required: bool = False
     guest_mac: str | None = None  # set to simulate an inventory pointing at another guest
     agent_name: str | None = None  # the host name the agent reports, when not the VM's name
+    apt_running: bool = False  # an apt/dpkg process runs in the guest (pgrep finds it)
+    newest_kernel: str | None = None  # the newest /boot/vmlinuz-*, when not the running one
 
     def boot(self) -> None:
         self.running = True
@@ -68,6 +72,8 @@ class FakeFleet:
         self.commands: list[tuple[str, str]] = []
         self.connects: list[str] = []
         self.max_down = 0
+        # the fake Proxmox host's down slots: the real slot script, run on this machine
+        self.slot_dir = tempfile.mkdtemp(prefix="pvepatch-fake-slots-")
 
     def factory(self, name: str, spec: SSHSpec) -> FakeTransport:
         self.connects.append(name)
@@ -116,6 +122,11 @@ class FakeFleet:
             )
         if command == "dpkg --audit":
             return _ok("")
+        if command.startswith("pgrep -a -x"):
+            busy = vm.apt_running
+            return _ok("4242 apt-get -y dist-upgrade\n" if busy else "", 0 if busy else 1)
+        if command.startswith("ls /boot"):
+            return _ok(f"{vm.newest_kernel}\n" if vm.newest_kernel else "")
         if command.startswith("test -c /dev/virtio-ports/"):
             return _ok(rc=0 if port_present else 1)
         if command == "test -d /run/systemd/system/":
@@ -252,6 +263,13 @@ class FakeTransport:
     def run(self, command: str, *, timeout: float, mutating: bool) -> CommandResult:
         rc, out, err = self.fleet.run(self.host, command)
         return CommandResult(self.host, command, rc, out, err, 0.01, mutating)
+
+    def hold(self, text: str) -> LocalHeld:
+        """The fake Proxmox host holds its slot locks on this machine, in the fleet's dir."""
+        if self.host in self.fleet.vms:
+            raise TransportError(self.host, "fake guests hold nothing")
+        self.fleet.commands.append((self.host, text))
+        return LocalHeld(text.replace(HOST_SLOT_DIR, self.fleet.slot_dir))
 
     def close(self) -> None:
         pass

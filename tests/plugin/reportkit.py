@@ -58,10 +58,10 @@ def run(
 
 
 def mutating(fleet: fakes.FakeFleet) -> list[tuple[str, str]]:
-    """The commands that changed something on the fake fleet."""
+    """The commands that changed something on the fake fleet (a down slot taken, too)."""
     import re
 
-    verbs = re.compile(r"qm (start|stop|shutdown|set)|apt-get -y|systemctl start")
+    verbs = re.compile(r"qm (start|stop|shutdown|set)|apt-get -y|systemctl start|pvepatch-slot")
     return [(h, c) for h, c in fleet.commands if verbs.search(c)]
 
 

@@ -39,8 +39,10 @@ class VMCycle:
         options: Options,
         fleet: Fleet,
         progress: Progress = lambda line: None,
+        partners: tuple[Target, ...] = (),
     ):
         self.record = record
+        self.partners = partners  # its redundancy group's other members
         self.target: Target = record.target
         self.connections = connections
         self.options = options

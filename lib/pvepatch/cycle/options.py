@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pvepatch.cycle.runstate import RunState
+from pvepatch.cycle.slots import Slot
+
+REBOOT_POLICIES = ("always", "if-required", "never")
+
 
 @dataclass(frozen=True)
 class Options:
@@ -15,18 +20,36 @@ class Options:
     shutdown_timeout: int = 180
     stop_timeout: int = 60
     boot_timeout: float = 600.0
-    restart_pause: float = 5.0
-    lock_timeout: int = 600
+    restart_pause: float = 0.0
+    lock_timeout: int = 600  # apt's lock
     command_timeout: float = 1800.0
     min_free_root_mb: int = 500
     min_free_boot_mb: int = 100
+    max_down: int = 1
+    slot_timeout: float = 3600.0  # --lock-timeout: how long a VM waits for a down slot
+    reboot: str = "always"
+    canary: int = 0
+    max_fail: int = 0
 
 
 @dataclass
 class Fleet:
-    """Which VMs this run has taken down and not brought back (never two at once)."""
+    """The run's shared state: which VMs it has taken down and not brought back, the down
+    slots they hold (released when healthy, else held until the run ends), the run state."""
 
+    runstate: RunState | None = None
     down: dict[str, str] = field(default_factory=dict)
+    held: dict[str, list[Slot]] = field(default_factory=dict)
 
     def others_down(self, name: str) -> dict[str, str]:
         return {n: why for n, why in self.down.items() if n != name}
+
+    def stop_reason(self) -> str | None:
+        return self.runstate.stop_reason() if self.runstate else None
+
+    def release_all(self) -> None:
+        """The end of the run: every slot still held goes (a VM left down is reported)."""
+        for slots in self.held.values():
+            for slot in reversed(slots):
+                slot.release()
+        self.held.clear()

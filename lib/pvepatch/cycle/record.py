@@ -76,6 +76,8 @@ RESTART_REQUIRES = {
 class RestartOutcome:
     method: str
     refused: str | None = None
+    skipped: str | None = None  # not restarted on purpose (--reboot if-required/never)
+    down_slots: list[str] = field(default_factory=list)  # the down slots it held
     before: Identity | None = None
     after: Identity | None = None  # observed by the verify stage, after the VM came back
     shutdown: CommandResult | None = None
@@ -119,9 +121,10 @@ class RestartOutcome:
 
     @property
     def downtime(self) -> float | None:
-        if "shutdown_sent" in self.times and "agent_back" in self.times:
-            return self.times["agent_back"] - self.times["shutdown_sent"]
-        return None
+        """Down from the down slot (else the shutdown) to healthy (else the agent back)."""
+        start = self.times.get("down", self.times.get("shutdown_sent"))
+        end = self.times.get("healthy", self.times.get("agent_back"))
+        return end - start if start is not None and end is not None else None
 
 
 @dataclass
@@ -152,6 +155,7 @@ class VMRecord:
     qm_commands: list[CommandResult] = field(default_factory=list)
     guest_commands: list[CommandResult] = field(default_factory=list)
     outcomes: dict[str, Any] = field(default_factory=dict)
+    not_started: str | None = None  # halted, interrupted or a canary failed before it began
 
     def once(self, key: str, action: Any) -> Any:
         """Run `action()` the first time `key` is asked for; remember its value or error."""
@@ -180,6 +184,8 @@ def verdict(record: VMRecord | None, left_down: str | None = None) -> tuple[str,
         return "not run", ""
     if record.failure is not None:
         return "failed", str(record.failure)
+    if record.not_started:
+        return "not started", record.not_started
     if not record.completed:
         return "interrupted", "its stages did not all run"
     return "passed", ""

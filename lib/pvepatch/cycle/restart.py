@@ -8,8 +8,10 @@ from typing import Protocol
 
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import Identity, RestartOutcome
+from pvepatch.cycle.slots import HOST_SLOT_DIR, Slot, SlotTable, take
 from pvepatch.cycle.wait import ticking, wait_for
 from pvepatch.errors import PvepatchError, SafetyRefusal, last_line, one_line
+from pvepatch.guest import dns
 from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
 from pvepatch.proxmox.parse import AGENT_PORT
@@ -27,6 +29,7 @@ class Cycle(Protocol):
     fleet: Fleet
     connections: Connections
     progress: Callable[[str], None]
+    partners: tuple[Target, ...]
 
     def qm(self) -> Qm: ...
 
@@ -55,13 +58,40 @@ class Restart:
         self._uncertain: str | None = None  # why the VM's state after an interruption is unknown
 
     def run(self) -> RestartOutcome:
-        outcome, name = self.outcome, self.target.name
-        others = self.fleet.others_down(name)
-        if others:
-            names = ", ".join(f"{n} ({why})" for n, why in others.items())
-            outcome.refused = f"another VM is down: {names}; refusing to take down a second one"
+        outcome = self.outcome
+        why = self.fleet.stop_reason()
+        if why:
+            outcome.refused = f"not started: {why}"
+            return outcome
+        skip = self._reboot_not_wanted()
+        if skip:
+            outcome.skipped = skip
             return outcome
         try:
+            slots = self._take_slots()
+        except PvepatchError as exc:
+            outcome.refused = one_line(exc)
+            return outcome
+        healthy = False
+        try:
+            if not self._ready():
+                return outcome
+            healthy = self._down_and_up()
+            return outcome
+        finally:
+            self._keep_or_release(slots, healthy)
+
+    def _ready(self) -> bool:
+        """Right before the shutdown: the partners are healthy, nothing installs packages in
+        the guest, and the VM is proven running and bound right."""
+        outcome = self.outcome
+        try:
+            self._partners_healthy()
+            busy = self.cycle.guest().package_managers_running()
+            if busy:
+                raise SafetyRefusal(
+                    self.target.vmid, f"apt/dpkg is running in the guest: {one_line(busy)}"
+                )
             self.proof = self.cycle.prove_running(
                 "qm stop" if self.options.restart_method == "stop" else "qm shutdown"
             )
@@ -69,32 +99,129 @@ class Restart:
             outcome.before = Identity(guest.boot_id(), guest.kernel(), self.proof.pid)
         except SafetyRefusal as exc:
             outcome.refused = exc.reason
-            return outcome
+            return False
         except PvepatchError as exc:
             outcome.refused = one_line(exc)
-            return outcome
+            return False
+        return True
+
+    def _down_and_up(self) -> bool:
+        """Shut down, start, wait for it: True once its post-restart checks passed."""
+        outcome, name = self.outcome, self.target.name
         try:
-            # Down from the moment the shutdown is sent: an interruption inside `qm shutdown`
-            # must also start the VM again (and a VM left stopped must be reported).
+            # Down from the moment the shutdown is sent: an error inside `qm shutdown` must
+            # also start the VM again (and a VM left stopped must be reported).
             self.fleet.down[name] = "shut down by this run for its restart"
             if not self._take_down():
-                return outcome
-            time.sleep(self.options.restart_pause)
+                return False
+            if self.options.restart_pause:
+                time.sleep(self.options.restart_pause)
             if not self._start():
-                return outcome
+                return False
             self.fleet.down.pop(name, None)
         except PvepatchError as exc:  # the Proxmox host stopped answering, say: record, go on
             step = "start" if "start_sent" in outcome.times else "shutdown"
             outcome.errors[step] = one_line(exc)
             self._bring_back_if_stopped()
-            return outcome
+            return False
         except BaseException:
             self._bring_back_if_stopped()
             raise
         finally:
             self._note_if_left_stopped()
-        self._wait_back()
-        return outcome
+        if not self._wait_back():
+            return False
+        outcome.mark("healthy")
+        return True
+
+    # --- the down budget ---------------------------------------------------------------------
+    def _take_slots(self) -> list[Slot]:
+        """The run's slot (budget across its workers and hosts), then the Proxmox host's (across
+        runs): waits up to --lock-timeout, saying for what; raises PvepatchError."""
+        runstate, target, opts = self.fleet.runstate, self.target, self.options
+        if runstate is None:  # no run state (a bare VMCycle): never a second VM down here
+            others = self.fleet.others_down(target.name)
+            if others:
+                names = ", ".join(f"{n} ({why})" for n, why in others.items())
+                raise PvepatchError(f"another VM is down: {names}; not taking down a second")
+            self.outcome.mark("down")
+            return []
+        tables = [
+            runstate.slots(),
+            SlotTable(
+                target.proxmox.name,
+                HOST_SLOT_DIR,
+                lambda command, args: self.cycle.connections.hold(
+                    target.proxmox.name, target.proxmox.ssh, command, *args
+                ),
+            ),
+        ]
+        slots: list[Slot] = []
+        try:
+            for table in tables:
+                slots.append(
+                    take(
+                        table,
+                        opts.max_down,
+                        target.redundancy_group,
+                        runstate.holder(target.name),
+                        opts.slot_timeout,
+                        self.cycle.progress,
+                        self.fleet.stop_reason,
+                    )
+                )
+        except BaseException:
+            for slot in reversed(slots):
+                slot.release()
+            raise
+        self.outcome.mark("down")
+        self.outcome.down_slots = [str(s) for s in slots]
+        return slots
+
+    def _keep_or_release(self, slots: list[Slot], healthy: bool) -> None:
+        """A VM counts as down until its checks passed: one that never went down or came back
+        healthy gives its slots back; any other keeps them until the run ends."""
+        if healthy or "shutdown_sent" not in self.outcome.times:
+            for slot in reversed(slots):
+                slot.release()
+        elif slots:
+            self.fleet.held[self.target.name] = slots
+
+    def _partners_healthy(self) -> None:
+        """Every partner in the VM's redundancy group serves, checked now: a Pi-hole answers a
+        real DNS query, another host answers over SSH. Raises SafetyRefusal."""
+        for partner in self.cycle.partners:
+            try:
+                if partner.pihole is not None:
+                    spec = partner.pihole
+                    answer = dns.query(spec.server, spec.port, spec.resolve_name, spec.protocol)
+                    problem = None if answer.resolved else f"DNS answers {answer}"
+                else:
+                    Guest(self.cycle.connections.get(partner.name, partner.ssh)).answers()
+                    problem = None
+            except PvepatchError as exc:
+                problem = one_line(exc)
+            if problem:
+                raise SafetyRefusal(
+                    self.target.vmid,
+                    f"its redundancy partner {partner.name} is not healthy ({problem}); "
+                    "not taking it down while its partner does not serve",
+                )
+
+    def _reboot_not_wanted(self) -> str | None:
+        """--reboot never/if-required: why this VM is not restarted, or None."""
+        policy = self.options.reboot
+        if policy == "always":
+            return None
+        try:
+            why = self.cycle.guest().why_reboot()
+        except PvepatchError as exc:
+            if policy == "never":
+                return f"--reboot never (whether it needs one is unknown: {one_line(exc)})"
+            return None  # unknown: restart, as "always" would
+        if policy == "never":
+            return "--reboot never" + (f"; STILL NEEDS A REBOOT: {why}" if why else "")
+        return None if why else "--reboot if-required: the guest needs no reboot"
 
     # --- down --------------------------------------------------------------------------------
     def _take_down(self) -> bool:
@@ -161,7 +288,9 @@ class Restart:
         outcome.mark("started")
         return True
 
-    def _wait_back(self) -> None:
+    def _wait_back(self) -> bool:
+        """SSH with a new boot_id, the virtio port, the agent, and DNS for a Pi-hole: True when
+        every check passed (the VM is healthy, no longer down)."""
         outcome, target, qm = self.outcome, self.target, self.qm
         started = time.monotonic()
         deadline = started + self.options.boot_timeout
@@ -172,25 +301,35 @@ class Restart:
             return max(1.0, deadline - time.monotonic())
 
         def ssh_with_new_boot() -> str | None:
+            if not connections.banner(target.name, target.ssh):
+                return None  # sshd not accepting yet: asked again in a quarter second
             transport = connections.probe(target.name, target.ssh)
             boot_id = Guest(transport).boot_id()
             return boot_id if boot_id != before else None
 
-        steps = (
-            ("ssh_back", f"SSH to {target.name} with a new boot_id", ssh_with_new_boot, 5.0),
+        steps: list[tuple[str, str, Callable[[], object], float]] = [
+            ("ssh_back", f"SSH to {target.name} with a new boot_id", ssh_with_new_boot, 0.25),
             (
                 "port_back",
                 f"{AGENT_PORT} in {target.name}",
                 lambda: self.cycle.guest().virtio_port_is_chardev(),
-                2.0,
+                0.5,
             ),
-            (
-                "agent_back",
-                f"qm guest cmd {target.vmid} ping",
-                lambda: qm.agent_ping().ok,
-                3.0,
-            ),
-        )
+            ("agent_back", f"qm guest cmd {target.vmid} ping", lambda: qm.agent_ping().ok, 1.0),
+        ]
+        if target.pihole is not None:
+            spec = target.pihole
+            steps.append(
+                (
+                    "dns_back",
+                    f"DNS from {spec.server}:{spec.port}",
+                    lambda: (
+                        dns.query(spec.server, spec.port, spec.resolve_name, spec.protocol).resolved
+                    ),
+                    1.0,
+                )
+            )
+        healthy = True
         for name, what, probe, interval in steps:
             try:
                 wait_for(
@@ -204,12 +343,15 @@ class Restart:
                 )
             except PvepatchError as exc:
                 outcome.errors[name] = str(exc)
+                healthy = False
                 if name == "ssh_back":
                     connections.forget(target.name)
-                    return
+                    return False
                 continue
-            setattr(outcome, name, True)
+            if hasattr(outcome, name):
+                setattr(outcome, name, True)
             outcome.mark(name)
+        return healthy
 
     # --- interruptions -------------------------------------------------------------------------
     def _status(self) -> str:

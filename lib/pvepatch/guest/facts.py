@@ -96,3 +96,30 @@ class Guest:
         if not lines or lines[0] != "REQUIRED":
             return False, []
         return True, sorted(set(lines[1:]))
+
+    def newest_kernel(self) -> str | None:
+        """The newest kernel installed in /boot (version sort), None when none is found."""
+        text = self._out("ls /boot 2>/dev/null | sed -n 's/^vmlinuz-//p' | sort -V | tail -n 1")
+        return text or None
+
+    def why_reboot(self) -> str | None:
+        """Why the guest needs a reboot (reboot-required, or a newer kernel than the running
+        one), or None when it does not."""
+        required, packages = self.reboot_required()
+        if required:
+            return "/var/run/reboot-required" + (f" ({', '.join(packages)})" if packages else "")
+        running, newest = self.kernel(), self.newest_kernel()
+        if newest and newest != running:
+            return f"running kernel {running}, newest installed {newest}"
+        return None
+
+    def package_managers_running(self) -> str:
+        """apt, dpkg or unattended-upgrades running now (their `pgrep -a` lines), or ''."""
+        result = self.transport.run(
+            "pgrep -a -x 'apt|apt-get|aptitude|dpkg|unattended-upgr|unattended-upgrade'",
+            timeout=30.0,
+            mutating=False,
+        )
+        if result.rc not in (0, 1):
+            result.check("cannot list processes with pgrep")
+        return result.stdout.strip()

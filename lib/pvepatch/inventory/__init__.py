@@ -72,12 +72,19 @@ def load_inventory(
     chosen = select(tree, problems, group, limit)
     binder = _Binder(tree, problems, group)
     targets = [binder.target(name, path.parent, resolve) for name in chosen]
+    redundancy = binder.redundancy(
+        {t.redundancy_group for t in targets if t is not None and t.redundancy_group},
+        {t.name: t for t in targets if t is not None},
+        path.parent,
+        resolve,
+    )
     problems.raise_if_any()
     return Inventory(
         path,
         tuple(t for t in targets if t is not None),
         dict(binder.proxmox),
         problems.warnings,
+        redundancy,
     )
 
 
@@ -170,9 +177,31 @@ class _Binder:
         if pihole_wanted and ssh is not None:
             pihole = build.pihole_spec(f, ssh, resolve, self.problems)
         pve = self._proxmox(binding[0], base_dir) if binding else None
+        group = self.problems.attempt(lambda: build.redundancy_group(f))
         if binding is None or ssh is None or pve is None or (pihole_wanted and pihole is None):
             return None
-        return Target(name, binding[1], pve, ssh, frozenset(groups), pihole)
+        return Target(name, binding[1], pve, ssh, frozenset(groups), pihole, group)
+
+    def redundancy(
+        self,
+        wanted: set[str],
+        chosen: dict[str, Target],
+        base_dir: Path,
+        resolve: build.Resolver,
+    ) -> dict[str, tuple[Target, ...]]:
+        """Every member of the target group in each wanted redundancy group, also the ones
+        --limit left out: a partner is checked (and never down together) either way."""
+        groups: dict[str, list[Target]] = {g: [] for g in sorted(wanted)}
+        if not wanted:
+            return {}
+        for name in self.members:
+            raw = self.tree.host_vars(name, self.depth).get(build.REDUNDANCY_FIELD)
+            if raw not in wanted:
+                continue
+            target = chosen.get(name) or self.target(name, base_dir, resolve)
+            if target is not None and target.redundancy_group in groups:
+                groups[target.redundancy_group].append(target)
+        return {g: tuple(ts) for g, ts in groups.items()}
 
     def _proxmox(self, name: str, base_dir: Path) -> ProxmoxHost | None:
         if name not in self.proxmox:

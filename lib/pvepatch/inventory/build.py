@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +105,21 @@ def pihole_spec(
     if len(problems.items) > before or server is None:
         return None
     return PiholeSpec(server=server[0], server_name=server[1], **parts)  # type: ignore[arg-type]
+
+
+REDUNDANCY_FIELD = "pvepatch_redundancy_group"
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def redundancy_group(f: Fields) -> str | None:
+    """The host's redundancy group: a name that is also a lock file name on the Proxmox host."""
+    name = f.optional_word(REDUNDANCY_FIELD)
+    if name is not None and not _GROUP_NAME.fullmatch(name):
+        raise f.error(
+            REDUNDANCY_FIELD,
+            f"{name!r} is not a group name (letters, digits, '.', '_', '-'; at most 64)",
+        )
+    return name
 
 
 def choice(f: Fields, name: str, allowed: tuple[str, ...], default: str) -> str:

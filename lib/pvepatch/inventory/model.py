@@ -63,6 +63,8 @@ class Target:
     ssh: SSHSpec
     groups: frozenset[str] = frozenset()
     pihole: PiholeSpec | None = None
+    # hosts sharing `pvepatch_redundancy_group` are never down together
+    redundancy_group: str | None = None
 
     def __str__(self) -> str:
         return f"{self.name} (VM {self.vmid} on {self.proxmox.name})"
@@ -76,6 +78,15 @@ class Inventory:
     targets: tuple[Target, ...]
     proxmox_hosts: Mapping[str, ProxmoxHost] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # every host of the target group per redundancy group, selected by --limit or not
+    redundancy: Mapping[str, tuple[Target, ...]] = field(default_factory=dict)
 
     def target(self, name: str) -> Target:
         return next(t for t in self.targets if t.name == name)
+
+    def partners(self, target: Target) -> tuple[Target, ...]:
+        """The other members of the target's redundancy group (never down with it)."""
+        if target.redundancy_group is None:
+            return ()
+        members = self.redundancy.get(target.redundancy_group, ())
+        return tuple(t for t in members if t.name != target.name)

@@ -4,12 +4,14 @@ and one PvepatchPlugin per run (pvepatch.plugin.core) when an inventory or the s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pvepatch.cycle.actions import VMCycle
-from pvepatch.cycle.options import Options
+from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import VMRecord
+from pvepatch.cycle.runstate import RunState
 from pvepatch.errors import InventoryError
 from pvepatch.inventory import Target, load_inventory
 from pvepatch.plugin.core import PLUGIN_NAME, RUN_KEY, PvepatchPlugin, refuse_parallel_patch
@@ -32,7 +34,8 @@ STAGES_DIR = "tests_patch"
 # The stage files, shipped with the package (a link to the project's tests_patch/), so that
 # `pytest -m verify --inventory inv.yaml` runs them from any directory.
 PACKAGED_STAGES = Path(__file__).resolve().parents[1] / "stages"
-FACTORY_KEY = pytest.StashKey[TransportFactory]()  # tests hand in a fake fleet here
+FACTORY_KEY = pytest.StashKey[TransportFactory]()
+RUN_DIR_KEY = "pvepatch_run_dir"  # tests hand in a fake fleet here
 
 __all__ = ["FACTORY_KEY", "RUN_KEY", "PvepatchPlugin", "names_patch", "stage_of"]
 
@@ -66,12 +69,40 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("ssh_timeout"),
     )
     _collect_the_stages(config)
+    options = options_from(config)
     plugin = PvepatchPlugin(
-        config, inventory, options_from(config), guard, Connections(factory, guard)
+        config,
+        inventory,
+        options,
+        guard,
+        Connections(factory, guard),
+        fleet=Fleet(runstate=_runstate(config, options)),
     )
     config.stash[RUN_KEY] = plugin
     config.pluginmanager.register(plugin, PLUGIN_NAME)
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_RunDirToWorkers(plugin), "pvepatch-run-dir")
     default_report_paths(config, written_mode(config))
+
+
+def _runstate(config: pytest.Config, options: Options) -> RunState:
+    """The run's shared state: made by the controller (or a serial run), found by workers."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and workerinput.get(RUN_DIR_KEY):
+        return RunState(Path(workerinput[RUN_DIR_KEY]), max_fail=options.max_fail)
+    return RunState.create(max_fail=options.max_fail)
+
+
+class _RunDirToWorkers:
+    """Hands the run directory to each pytest-xdist worker (registered only with xdist)."""
+
+    def __init__(self, plugin: PvepatchPlugin):
+        self.plugin = plugin
+
+    def pytest_configure_node(self, node: Any) -> None:
+        runstate = self.plugin.fleet.runstate
+        if runstate is not None:
+            node.workerinput[RUN_DIR_KEY] = str(runstate.directory)
 
 
 def _collect_the_stages(config: pytest.Config) -> None:

@@ -41,8 +41,8 @@ class PvepatchPlugin:
     last_item: dict[str, str] = field(default_factory=dict)  # VM name -> its last test's nodeid
     dropped: int = 0  # tests a verify run deselected (mutating or patch-only)
     started: float = field(default_factory=time.time)
-    _old_sigterm: Any = None
-    _write_lock: threading.Lock = field(default_factory=threading.Lock)
+    _old_handlers: dict[int, Any] = field(default_factory=dict)
+    _write_lock: threading.RLock = field(default_factory=threading.RLock)
 
     def record(self, target: Target) -> VMRecord:
         return self.records.setdefault(target.name, VMRecord(target))
@@ -50,7 +50,12 @@ class PvepatchPlugin:
     def cycle(self, target: Target) -> VMCycle:
         if target.name not in self.cycles:
             self.cycles[target.name] = VMCycle(
-                self.record(target), self.connections, self.options, self.fleet, self.say
+                self.record(target),
+                self.connections,
+                self.options,
+                self.fleet,
+                self.say,
+                self.inventory.partners(target),
             )
         return self.cycles[target.name]
 
@@ -108,6 +113,14 @@ class PvepatchPlugin:
             target = target_of(item)
             if target is not None:
                 self.last_item[target.name] = item.nodeid
+        if self.mode == PATCH and self.fleet.runstate is not None and self.options.canary:
+            changing = {
+                t.name
+                for i in items
+                if (t := target_of(i)) is not None and (st := stage_of(i)) and st.mutating
+            }
+            ordered = [t.name for t in self.inventory.targets if t.name in changing]
+            self.fleet.runstate.canaries = tuple(ordered[: self.options.canary])
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         lines = [
@@ -134,9 +147,23 @@ class PvepatchPlugin:
         target, stage = target_of(item), stage_of(item)
         if target is None or stage is None:
             return
-        failure = self.record(target).failure
+        record = self.record(target)
+        failure = record.failure
         if failure is not None and stage.order > failure.order:
             pytest.skip(f"earlier stage failed: {failure}")
+        if record.not_started:
+            pytest.skip(record.not_started)
+        if self.mode != PATCH or not stage.mutating or self.fleet.runstate is None:
+            return
+        if _ACTION_OF_STAGE.get(stage.name) in record.outcomes:
+            return  # its action ran: the rest of its checks run too
+        began = any(key in record.outcomes for key in _ACTION_OF_STAGE.values())
+        why = self.fleet.stop_reason()
+        if why is None and not began:
+            why = self.fleet.runstate.canary_gate(target.name, self.say)
+        if why:
+            record.not_started = f"{'not restarted' if began else 'not started'}: {why}"
+            pytest.skip(record.not_started)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
@@ -144,30 +171,67 @@ class PvepatchPlugin:
         target, stage = target_of(item), stage_of(item)
         if target is None:
             return report
-        if call.when == "teardown":
-            report.user_properties += [("vm", target.name), ("stage", stage.name if stage else "")]
-            if self.last_item.get(target.name) == item.nodeid:
-                self.record(target).completed = True
-                report.user_properties += junit_properties(self.record(target))
+        runstate = self.fleet.runstate
         if stage is not None and report.failed:
             reason = one_line(call.excinfo.value) if call.excinfo else "failed"
             name = getattr(item, "originalname", item.name)
             self.record(target).fail(stage.name, stage.order, name, reason)
+            if runstate is not None and self.mode == PATCH:
+                runstate.vm_failed(target.name)
+        if call.when == "teardown":
+            report.user_properties += [("vm", target.name), ("stage", stage.name if stage else "")]
+            if self.last_item.get(target.name) == item.nodeid:
+                record = self.record(target)
+                record.completed = True
+                report.user_properties += junit_properties(record)
+                if runstate is not None and self.mode == PATCH:
+                    result, _ = verdict(record, self.fleet.down.get(target.name))
+                    runstate.vm_done(target.name, result == "passed")
         return report
 
     # --- the end of the run --------------------------------------------------------------------
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        def terminate(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt(f"pvepatch: received signal {signum}")
+        """Ctrl-C and SIGTERM stop new actions and never cut one short (issue: nothing
+        stranded): the handler records the interrupt for every worker and says what is in
+        flight; a restart under way runs to its end. Without a run state: raise, as pytest."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
 
-        if threading.current_thread() is threading.main_thread():
-            self._old_sigterm = signal.signal(signal.SIGTERM, terminate)
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        runstate = self.fleet.runstate
+        if runstate is None or self.mode != PATCH:
+            raise KeyboardInterrupt(f"pvepatch: received {name}")
+        first = runstate.interrupt(name)
+        down = runstate.down_now()
+        if first:
+            self.say(
+                f"{name} received: no new action starts; a restart under way is finished "
+                "(shutdown to its timeout, start, checks)"
+            )
+        else:
+            self.say(f"{name} received again: still bringing back what is down")
+        self.say("down now: " + ("; ".join(down) if down else "none"))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.fleet.release_all()
         self.connections.close_all()
-        if self._old_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers.clear()
+        runstate = self.fleet.runstate
+        if (
+            runstate is not None
+            and runstate.interrupted()
+            and not hasattr(self.config, "workerinput")
+        ):
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.fleet.runstate is not None:
+            self.fleet.runstate.remove()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
@@ -198,6 +262,8 @@ class PvepatchPlugin:
 
 
 RUN_KEY = pytest.StashKey[PvepatchPlugin]()
+# the action each mutating stage runs once per VM (VMRecord.once keys)
+_ACTION_OF_STAGE = {"guest_agent": "agent", "patch": "apt", "restart": "restart"}
 
 _XDIST_REFUSAL = (
     "pvepatch: a patch run under pytest-xdist (-n) is refused: parallel workers would take "

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from pvepatch.cycle.options import Options
+from pvepatch.cycle.options import REBOOT_POLICIES, Options
+from pvepatch.cycle.slots import MAX_SLOTS
 from pvepatch.inventory import DEFAULT_GROUP
 
 
@@ -63,6 +64,44 @@ def add_options(parser: pytest.Parser) -> None:
         help="restart VMs even when Proxmox holds a lock on them (backup, snapshot, migrate): "
         "dangerous",
     )
+    group.addoption(
+        "--max-down",
+        type=int,
+        default=1,
+        metavar="K",
+        help="at most K target VMs down at any moment, across pytest-xdist workers and across "
+        "runs against the same Proxmox host (default: %(default)s)",
+    )
+    group.addoption(
+        "--lock-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long a VM waits for a down slot before it fails (default: %(default)s)",
+    )
+    group.addoption(
+        "--canary",
+        type=int,
+        default=0,
+        metavar="N",
+        help="patch the first N VMs first; the rest start only if they pass (default: off)",
+    )
+    group.addoption(
+        "--max-fail",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after N failed VMs no new VM starts; VMs already down are brought back "
+        "(default: off)",
+    )
+    group.addoption(
+        "--reboot",
+        choices=list(REBOOT_POLICIES),
+        default="always",
+        help="always: restart every patched VM (default); if-required: only when the guest "
+        "asks (/var/run/reboot-required or a newer kernel); never: patch only, report who "
+        "still needs one",
+    )
     for name, kind, default, text in (
         ("--shutdown-timeout", int, 180, "seconds for the clean shutdown"),
         (
@@ -71,7 +110,7 @@ def add_options(parser: pytest.Parser) -> None:
             600.0,
             "seconds for SSH, the virtio port and the agent to come back after the start",
         ),
-        ("--restart-pause", float, 5.0, "seconds between stopped and start"),
+        ("--restart-pause", float, 0.0, "seconds between stopped and start"),
         ("--ssh-timeout", float, 15.0, "SSH connect timeout in seconds"),
         (
             "--apt-lock-timeout",
@@ -89,6 +128,13 @@ def check_options(config: pytest.Config) -> None:
     for name in ("shutdown_timeout", "boot_timeout", "ssh_timeout", "apt_lock_timeout"):
         if config.getoption(name) <= 0:
             raise pytest.UsageError(f"pvepatch: --{name.replace('_', '-')} must be positive")
+    if not 1 <= config.getoption("max_down") <= MAX_SLOTS:
+        raise pytest.UsageError(f"pvepatch: --max-down must be between 1 and {MAX_SLOTS}")
+    if config.getoption("lock_timeout") <= 0:
+        raise pytest.UsageError("pvepatch: --lock-timeout must be positive")
+    for name in ("canary", "max_fail"):
+        if config.getoption(name) < 0:
+            raise pytest.UsageError(f"pvepatch: --{name.replace('_', '-')} must not be negative")
     if config.getoption("restart_pause") < 0:
         raise pytest.UsageError("pvepatch: --restart-pause must not be negative")
     if config.getoption("min_free_mb") < 0:
@@ -109,4 +155,9 @@ def options_from(config: pytest.Config) -> Options:
         restart_pause=config.getoption("restart_pause"),
         lock_timeout=config.getoption("apt_lock_timeout"),
         min_free_root_mb=config.getoption("min_free_mb"),
+        max_down=config.getoption("max_down"),
+        slot_timeout=config.getoption("lock_timeout"),
+        reboot=config.getoption("reboot"),
+        canary=config.getoption("canary"),
+        max_fail=config.getoption("max_fail"),
     )

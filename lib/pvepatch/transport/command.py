@@ -67,6 +67,16 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
+class Held(Protocol):
+    """A command kept running while its holder keeps it (a down slot's lock)."""
+
+    def readline(self, timeout: float) -> str | None:
+        """The next line of its output; None when it ended or `timeout` passed."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Transport(Protocol):
     """What the rest of pvepatch talks to: `run("cmd %s", arg, mutating=...)`, guarded.
 

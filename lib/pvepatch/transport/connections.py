@@ -11,7 +11,9 @@ from pvepatch.transport.command import (
     CommandResult,
     Connection,
     GuardedTransport,
+    Held,
     ReadOnlyGuard,
+    quote,
 )
 
 TransportFactory = Callable[[str, SSHSpec], Connection]
@@ -58,9 +60,15 @@ class Connections:
     so ten checks against a dead host don't each wait for a connect timeout.
     """
 
-    def __init__(self, factory: TransportFactory, guard: ReadOnlyGuard):
+    def __init__(
+        self,
+        factory: TransportFactory,
+        guard: ReadOnlyGuard,
+        banner: Callable[[SSHSpec], bool] | None = None,
+    ):
         self.factory = factory
         self.guard = guard
+        self._banner = banner
         self._open: dict[str, GuardedTransport] = {}
         self._failed: dict[str, TransportError] = {}
 
@@ -86,6 +94,10 @@ class Connections:
         self.forget(name)
         return self.get(name, spec)
 
+    def banner(self, name: str, spec: SSHSpec) -> bool:
+        """Whether the host's sshd accepts connections now (no probe given: assume so)."""
+        return True if self._banner is None else self._banner(spec)
+
     def forget(self, name: str) -> None:
         transport = self._open.pop(name, None)
         self._failed.pop(name, None)
@@ -94,6 +106,19 @@ class Connections:
                 transport.close()
             except Exception:  # noqa: BLE001 - closing a dead connection must not hide the cause
                 pass
+
+    def hold(self, name: str, spec: SSHSpec, command: str, *args: object) -> Held:
+        """Start `command` on its own new connection to the host and keep it running (a down
+        slot): closing the held command closes that connection, nothing else does."""
+        text = quote(command, *args)
+        self.guard.admit(name, text, True)
+        connection = self.factory(name, spec)
+        hold = getattr(connection, "hold", None)
+        if hold is None:
+            connection.close()
+            raise TransportError(name, "this connection cannot hold a command open")
+        held: Held = hold(text)
+        return held
 
     def close_all(self) -> None:
         for name in list(self._open):

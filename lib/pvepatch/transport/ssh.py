@@ -217,7 +217,60 @@ class SSHTransport:
                 raise CommandTimeout(self.host, text, timeout)
             time.sleep(0.01)
 
+    def hold(self, text: str) -> SSHHeld:
+        """Start the finished command line `text` and keep it running until closed."""
+        return SSHHeld(self, text)
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class SSHHeld:
+    """A command kept running on its own SSH connection (a down slot's `flock`): it ends when
+    closed, and when this process dies (the server sees the connection go and ends it)."""
+
+    def __init__(self, transport: SSHTransport, text: str):
+        self.transport = transport
+        if transport.spec.become and transport.spec.user != "root":
+            text = quote("sudo -n -- sh -c %s", text)
+        if not transport.connected:
+            transport.connect()
+        assert transport._client is not None
+        try:
+            ssh = transport._client.get_transport()
+            assert ssh is not None
+            ssh.set_keepalive(5)
+            self.channel = ssh.open_session(timeout=transport.connect_timeout)
+            self.channel.exec_command(text)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            transport.close()
+            raise TransportError(transport.host, f"cannot hold {text[:60]!r}: {exc}") from exc
+        self._buffer = b""
+
+    def readline(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        self.channel.settimeout(0.5)
+        while b"\n" not in self._buffer:
+            if time.monotonic() > deadline:
+                return None
+            try:
+                chunk = self.channel.recv(4096)
+            except TimeoutError:
+                continue
+            except (paramiko.SSHException, OSError, EOFError):
+                return None
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def close(self) -> None:
+        try:
+            self.channel.shutdown_write()  # EOF on the command's stdin: it ends, locks released
+            self.channel.close()
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
+        self.transport.close()

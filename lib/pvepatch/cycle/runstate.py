@@ -1,0 +1,156 @@
+"""What every worker of one run must see at once: interrupts, failures, canaries, down slots.
+
+One directory on the controller's machine, made by the controller (or the only process of a
+serial run) and handed to pytest-xdist workers. Each fact is a file, so that workers in other
+processes read it without any server: `interrupted` (why), `failed/<vm>`, `done/<vm>`
+(passed/failed), and `slots/` (the run's down slots, pvepatch.cycle.slots).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote as _quote
+
+from pvepatch.cycle.slots import SlotTable, local_opener
+
+PASSED, FAILED = "passed", "failed"
+
+
+@dataclass
+class RunState:
+    directory: Path
+    max_fail: int = 0  # 0: never halt
+    canaries: tuple[str, ...] = ()
+    owner: bool = False  # the controller removes the directory at the end
+    run_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run_id = self.directory.name.removeprefix("pvepatch-run-")
+        for sub in ("failed", "done", "slots"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def create(cls, max_fail: int = 0) -> RunState:
+        directory = Path(tempfile.mkdtemp(prefix="pvepatch-run-"))
+        return cls(directory, max_fail=max_fail, owner=True)
+
+    def remove(self) -> None:
+        if self.owner:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def holder(self, vm: str) -> str:
+        """Who holds a slot, as other runs see it."""
+        return (
+            f"{vm} (run {self.run_id}, pid {os.getpid()} on {socket.gethostname()}, since "
+            f"{time.strftime('%H:%M:%S')})"
+        )
+
+    # --- interrupts ------------------------------------------------------------------------
+    def interrupt(self, why: str) -> bool:
+        """Record the interrupt; True the first time."""
+        path = self.directory / "interrupted"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(why)
+        return True
+
+    def interrupted(self) -> str | None:
+        try:
+            return (self.directory / "interrupted").read_text() or "interrupted"
+        except OSError:
+            return None
+
+    # --- failures and halts ----------------------------------------------------------------
+    def vm_failed(self, vm: str) -> None:
+        (self.directory / "failed" / _name(vm)).touch()
+
+    def failures(self) -> list[str]:
+        return sorted(_unname(p.name) for p in (self.directory / "failed").iterdir())
+
+    def halted(self) -> str | None:
+        failed = self.failures()
+        if self.max_fail and len(failed) >= self.max_fail:
+            return f"halted after {len(failed)} failures ({', '.join(failed)})"
+        return None
+
+    def stop_reason(self) -> str | None:
+        """Why no new action may start now (interrupted, halted), or None."""
+        why = self.interrupted()
+        return f"run interrupted ({why})" if why else self.halted()
+
+    # --- canaries --------------------------------------------------------------------------
+    def vm_done(self, vm: str, passed: bool) -> None:
+        (self.directory / "done" / _name(vm)).write_text(PASSED if passed else FAILED)
+
+    def done(self) -> dict[str, str]:
+        return {_unname(p.name): p.read_text() for p in (self.directory / "done").iterdir()}
+
+    def canary_gate(
+        self,
+        vm: str,
+        progress: Callable[[str], None],
+        every: float = 30.0,
+        interval: float = 1.0,
+    ) -> str | None:
+        """For a VM that is not a canary: wait until every canary finished; the reason not to
+        start when one failed (or the run stopped), else None."""
+        if not self.canaries or vm in self.canaries:
+            return None
+        said = 0.0
+        while True:
+            done = self.done()
+            failed = [c for c in self.canaries if done.get(c) == FAILED]
+            if failed:
+                return f"canary {', '.join(failed)} failed"
+            if all(c in done for c in self.canaries):
+                return None
+            why = self.stop_reason()
+            if why:
+                return why
+            if time.monotonic() - said >= every:
+                waiting = [c for c in self.canaries if c not in done]
+                progress(f"{vm}: waiting for the canary VM(s) {', '.join(waiting)} to pass")
+                said = time.monotonic()
+            time.sleep(interval)
+
+    # --- the run's own down slots ----------------------------------------------------------
+    def slots(self) -> SlotTable:
+        return SlotTable("this run", str(self.directory / "slots"), local_opener)
+
+    def down_now(self) -> list[str]:
+        """Who holds the run's slots now (for the interrupt message)."""
+        import fcntl
+
+        holders = []
+        for path in sorted((self.directory / "slots").glob("slot-*")):
+            if path.suffix == ".who":
+                continue
+            with path.open("a") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    who = path.with_name(path.name + ".who")
+                    holders.append(who.read_text().strip() if who.exists() else path.name)
+                else:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+        return holders
+
+
+def _name(vm: str) -> str:
+    return _quote(vm, safe="")
+
+
+def _unname(name: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(name)

@@ -1,0 +1,196 @@
+"""Down slots: how many VMs may be down at once, held where every controller sees them.
+
+A slot is a `flock` on a file, held by a long-lived command (`cat` reading its stdin) that ends
+when its holder goes: an SSH channel to the Proxmox host for the slots every run shares, a local
+process for the run's own slots (shared by its pytest-xdist workers, across Proxmox hosts). A
+crashed controller closes its channels and its processes die with it, so its slots are released
+by the kernel; nothing is ever left to clean up by hand.
+
+Admission is one script, run under `admit.lock`: a VM may go down only when fewer than the
+budget's slots are held in total (by any run) and its redundancy group's lock is free; the script
+then takes a free slot and the group lock and holds them until its stdin closes.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pvepatch.errors import PvepatchError
+from pvepatch.transport.command import Held, quote
+
+# How many slot files are scanned: the largest --max-down any run may use.
+MAX_SLOTS = 64
+BUSY_EXIT = 75  # EX_TEMPFAIL
+HOST_SLOT_DIR = "/run/lock/pvepatch"
+
+# $1 directory, $2 budget, $3 redundancy group ("" for none), $4 who holds it (one line).
+SLOT_SCRIPT = r"""
+set -u
+dir=$1 budget=$2 group=$3 holder=$4
+umask 077
+mkdir -p "$dir" || { echo "ERROR cannot create $dir"; exit 70; }
+exec 9>>"$dir/admit.lock" || { echo "ERROR cannot open $dir/admit.lock"; exit 70; }
+flock -w 20 9 || { echo "ERROR $dir/admit.lock stayed busy for 20 s"; exit 71; }
+who() { tr -d '\n' < "$1.who" 2>/dev/null || printf 'unknown holder'; }
+busy=""
+if [ -n "$group" ]; then
+  exec 7>>"$dir/group-$group" || { echo "ERROR cannot open $dir/group-$group"; exit 70; }
+  flock -n 7 || busy="redundancy group $group is down: $(who "$dir/group-$group")"
+fi
+held=0 free="" holders=""
+i=0
+while [ "$i" -lt @MAX@ ]; do
+  if flock -n "$dir/slot-$i" true 2>/dev/null; then
+    [ -z "$free" ] && free=$i
+  else
+    held=$((held + 1))
+    holders="$holders; $(who "$dir/slot-$i")"
+  fi
+  i=$((i + 1))
+done
+[ "$held" -ge "$budget" ] && busy="${busy:+$busy; }$held of $budget down$holders"
+if [ -n "$busy" ] || [ -z "$free" ]; then
+  echo "BUSY ${busy:-no free slot}"
+  exit @BUSY@
+fi
+exec 8>>"$dir/slot-$free"
+flock -n 8 || { echo "BUSY slot-$free was taken"; exit @BUSY@; }
+printf '%s\n' "$holder" > "$dir/slot-$free.who"
+[ -n "$group" ] && printf '%s\n' "$holder" > "$dir/group-$group.who"
+exec 9>&-
+echo "HELD slot-$free $held"
+exec cat > /dev/null
+""".replace("@MAX@", str(MAX_SLOTS)).replace("@BUSY@", str(BUSY_EXIT))
+SLOT_COMMAND = "sh -c %s pvepatch-slot %s %s %s %s"
+_SAFE = re.compile(r"[^A-Za-z0-9 ._:@()/,=+-]")
+
+
+Opener = Callable[[str, tuple[object, ...]], Held]  # (command with %s, args) -> held command
+
+
+class SlotError(PvepatchError):
+    """A slot could not be taken (not "busy": broken)."""
+
+
+@dataclass
+class Slot:
+    """One held slot: released when closed, or when its holder process ends."""
+
+    place: str
+    name: str
+    held_before: int  # how many other slots were held when this one was taken
+    held: Held
+
+    def release(self) -> None:
+        self.held.close()
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.place}"
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Not admitted now: who holds what."""
+
+    place: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.place}: {self.why}"
+
+
+class SlotTable:
+    """The slots in one directory of one place (this machine, or a Proxmox host)."""
+
+    def __init__(self, place: str, directory: str, opener: Opener):
+        self.place, self.directory, self.opener = place, directory, opener
+
+    def try_take(self, budget: int, group: str | None, holder: str) -> Slot | Busy:
+        args = (SLOT_SCRIPT, self.directory, budget, group or "", _one_line(holder))
+        held = self.opener(SLOT_COMMAND, args)
+        line = held.readline(timeout=60.0)
+        if line is not None and line.startswith("HELD "):
+            _, name, before = (line.split() + ["", ""])[:3]
+            return Slot(self.place, name, int(before) if before.isdigit() else 0, held)
+        held.close()
+        if line is not None and line.startswith("BUSY "):
+            return Busy(self.place, line[5:].strip())
+        raise SlotError(
+            f"cannot take a down slot in {self.directory} on {self.place}: "
+            f"{(line or 'no answer').strip()}"
+        )
+
+
+def take(
+    table: SlotTable,
+    budget: int,
+    group: str | None,
+    holder: str,
+    timeout: float,
+    progress: Callable[[str], None],
+    stop: Callable[[], str | None] = lambda: None,
+    every: float = 30.0,
+    interval: float = 1.0,
+) -> Slot:
+    """Wait (saying for what and who holds it, every `every` s) until a slot is admitted, up to
+    `timeout` s; raise SlotError naming the holders then, or when `stop()` gives a reason."""
+    started = time.monotonic()
+    said = started - every
+    while True:
+        got = table.try_take(budget, group, holder)
+        if isinstance(got, Slot):
+            return got
+        waited = time.monotonic() - started
+        why = stop()
+        if why:
+            raise SlotError(f"not taken down: {why} (waiting for a down slot: {got})")
+        if waited >= timeout:
+            raise SlotError(f"no down slot within --lock-timeout {timeout:.0f} s: {got}")
+        if time.monotonic() - said >= every:
+            progress(f"waiting for a down slot ({waited:.0f} s of {timeout:.0f} s): {got}")
+            said = time.monotonic()
+        time.sleep(interval)
+
+
+def local_opener(command: str, args: tuple[object, ...]) -> Held:
+    """Run the slot command on this machine (the run's own slots)."""
+    return LocalHeld(quote(command, *args))
+
+
+class LocalHeld:
+    """A local process held open through its stdin (ends when closed or when we die)."""
+
+    def __init__(self, text: str):
+        self.proc = subprocess.Popen(  # noqa: S603 - a fixed sh script, arguments quoted
+            ["/bin/sh", "-c", text],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # a Ctrl-C to our group must not release the slot
+        )
+
+    def readline(self, timeout: float) -> str | None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        return line or None
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _one_line(text: str) -> str:
+    return _SAFE.sub("_", text)[:200]
