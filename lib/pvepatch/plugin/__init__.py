@@ -16,6 +16,7 @@ from pvepatch.plugin.core import PLUGIN_NAME, RUN_KEY, PvepatchPlugin, refuse_pa
 from pvepatch.plugin.mode import PATCH, STAGES, names_patch, stage_of, written_mode
 from pvepatch.plugin.options import add_options, check_options, options_from
 from pvepatch.plugin.reporting import default_report_paths
+from pvepatch.transport.banner import ssh_banner
 from pvepatch.transport.command import ReadOnlyGuard
 from pvepatch.transport.connections import Connections, TransportFactory, ssh_factory
 from pvepatch.transport.known_hosts import check_host_key_policy
@@ -60,6 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except InventoryError as exc:
         raise pytest.UsageError(f"pvepatch: {exc}\nNothing was touched.") from exc
     guard = ReadOnlyGuard(allow_mutating=False)
+    banner = None if FACTORY_KEY in config.stash else ssh_banner  # never probe a fake's address
     factory = config.stash.get(FACTORY_KEY, None) or ssh_factory(
         [Path(p) for p in config.getoption("known_hosts")],
         config.getoption("accept_new_host_keys"),
@@ -67,7 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     _collect_the_stages(config)
     plugin = PvepatchPlugin(
-        config, inventory, options_from(config), guard, Connections(factory, guard)
+        config, inventory, options_from(config), guard, Connections(factory, guard, banner)
     )
     config.stash[RUN_KEY] = plugin
     config.pluginmanager.register(plugin, PLUGIN_NAME)
