@@ -11,6 +11,9 @@ PvepatchError
  +-- WaitTimeout             a wait reached its deadline (says what it waited for)
  +-- ReadOnlyViolation       a mutating command was attempted in a read-only run
  +-- SafetyRefusal           a mutating action whose preconditions were not proven
+ +-- NotStarted              an action was not started: the run is stopping (carries .reason)
+ +-- StoppedFollowing        pvepatch stopped following a detached command (apt in a systemd
+                             unit) that goes on in the guest: interrupt, timeout, lost host
 """
 
 from __future__ import annotations
@@ -116,6 +119,31 @@ class SafetyRefusal(PvepatchError):
         self.vmid = vmid
         self.reason = reason
         super().__init__(f"refused for VM {vmid}: {reason}; nothing was sent")
+
+
+class NotStarted(PvepatchError):
+    """An action was not started because the run is stopping (an interrupt, say)."""
+
+    def __init__(self, host: str, what: str, reason: str):
+        self.host = host
+        self.what = what
+        self.reason = reason
+        super().__init__(f"{host}: {what} not started: {reason}")
+
+
+class StoppedFollowing(PvepatchError):
+    """pvepatch stopped following a command it had started detached in the guest (a transient
+    systemd unit). The command was not stopped: it runs to its end in the guest."""
+
+    def __init__(self, host: str, unit: str, what: str, reason: str, how_to_check: str):
+        self.host = host
+        self.unit = unit
+        self.what = what
+        self.reason = reason
+        super().__init__(
+            f"{host}: stopped following {what} in unit {unit}: {reason}. It was NOT stopped: "
+            f"it runs to its end in the guest. Check it there: {how_to_check}"
+        )
 
 
 class InventoryProblems(InventoryError):

@@ -74,6 +74,7 @@ class FakeFleet:
         self.max_down = 0
         # the fake Proxmox host's down slots: the real slot script, run on this machine
         self.slot_dir = tempfile.mkdtemp(prefix="pvepatch-fake-slots-")
+        self.units: dict[str, tuple[int, str, str]] = {}  # detached apt: unit -> rc, out, err
 
     def factory(self, name: str, spec: SSHSpec) -> FakeTransport:
         self.connects.append(name)
@@ -149,6 +150,10 @@ class FakeFleet:
             return _ok("static\n", 0 if vm.agent_installed else 1)
         if command.startswith("systemctl start"):
             return _ok()
+        if "systemd-run --unit=" in command:
+            return self.unit_start(vm, command)
+        if command.startswith("u=pvepatch-"):
+            return self.unit_poll(command)
         if "apt-get -s" in command:
             return _ok(
                 "".join(f"Inst {n} [{vm.packages[n]}] ({v})\n" for n, v in vm.updates.items())
@@ -167,6 +172,22 @@ class FakeFleet:
         elif "install" in words and "qemu-guest-agent" in words:
             vm.agent_installed = True
         return _ok("Reading package lists...\n")
+
+    def unit_start(self, vm: FakeVM, command: str) -> tuple[int, str, str]:
+        """systemd-run of a detached apt call: it runs to its end at once, output kept."""
+        words = shlex.split(command)
+        unit = re.search(r"--unit=(\S+)", command).group(1)  # type: ignore[union-attr]
+        self.units[unit] = self.apt(vm, words[words.index("-c") + 1].split(" >")[0])
+        return _ok()
+
+    def unit_poll(self, command: str) -> tuple[int, str, str]:
+        """A poll of a detached unit (pvepatch.guest.detached.POLL): ended, all output."""
+        unit = command.split(";")[0].removeprefix("u=")
+        offset = int(re.search(r"n=(\d+);", command).group(1))  # type: ignore[union-attr]
+        rc, out, err = self.units[unit]
+        data = out.encode()
+        head = f"pvepatch-follow inactive {rc} {len(data)}\n"
+        return _ok(head + data[offset:].decode(), 0, err)
 
     # --- the Proxmox host -------------------------------------------------------------------
     def pve(self, command: str) -> tuple[int, str, str]:

@@ -59,42 +59,9 @@ def test_dpkg_query_and_diff():
     ]
 
 
-class Scripted:
-    host = "vm"
-
-    def __init__(self, *replies):
-        self.replies = list(replies)
-        self.sent: list[str] = []
-
-    def run(self, command, *args, timeout=60.0, mutating=False):
-        text = quote(command, *args)
-        self.sent.append(text)
-        rc, err = self.replies.pop(0)
-        return CommandResult("vm", text, rc, "", err, 0.1, mutating)
-
-    def close(self):
-        pass
-
-
-def test_update_retries_while_the_lists_lock_is_held(monkeypatch):
-    monkeypatch.setattr("pvepatch.guest.apt.time.sleep", lambda s: None)
-    held = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 812 (apt-get)\n"
-    t = Scripted((100, held), (100, held), (0, ""))
-    result, waits = Apt(t).update()
-    assert result.ok and waits == 2 and len(t.sent) == 3
-
-
-def test_update_does_not_retry_other_errors(monkeypatch):
-    monkeypatch.setattr("pvepatch.guest.apt.time.sleep", lambda s: None)
-    t = Scripted((100, "E: The repository 'http://x ./ Release' does not have a Release file.\n"))
-    with pytest.raises(Exception, match="apt-get update failed"):
-        Apt(t).update()
-    assert len(t.sent) == 1
-
-
 def test_package_names_are_checked():
     with pytest.raises(ValueError):
-        Apt(Scripted()).install("qemu-guest-agent; reboot")
+        Apt(Connection()).install("qemu-guest-agent; reboot")
 
 
 class Connection:

@@ -259,3 +259,39 @@ def test_malformed_lines_are_skipped(sshd, keys, tmp_path):
         "host no-such-type AAAA\n" + _line(sshd, keys[0])
     )
     transport(sshd, keys, kh).connect()
+
+
+def test_every_connection_sends_keepalives(sshd, keys, tmp_path, monkeypatch):
+    intervals: list[int] = []
+    real = paramiko.Transport.set_keepalive
+    monkeypatch.setattr(
+        paramiko.Transport,
+        "set_keepalive",
+        lambda self, interval: (intervals.append(interval), real(self, interval))[1],
+    )
+    kh = tmp_path / "known_hosts"
+    kh.write_text(_line(sshd, keys[0]))
+    t = transport(sshd, keys, kh)
+    t.connect()
+    assert intervals and 0 < intervals[0] <= 10
+    t.close()
+
+
+def test_connect_to_a_closed_port_fails_at_once(keys, tmp_path):
+    import time
+
+    from pvepatch.errors import TransportError
+
+    port = _closed_port()
+    spec = SSHSpec("127.0.0.1", port, "root", keys[2], known_hosts_files=(tmp_path / "kh",))
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="failed"):
+        SSHTransport("vm", spec, connect_timeout=15).connect()
+    assert time.monotonic() - started < 2
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then freed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

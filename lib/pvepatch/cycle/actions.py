@@ -40,6 +40,7 @@ class VMCycle:
         fleet: Fleet,
         progress: Progress = lambda line: None,
         partners: tuple[Target, ...] = (),
+        should_stop: Callable[[], str | None] = lambda: None,
     ):
         self.record = record
         self.partners = partners  # its redundancy group's other members
@@ -48,6 +49,7 @@ class VMCycle:
         self.options = options
         self.fleet = fleet
         self.progress: Progress = lambda line: progress(f"{self.target.name}: {line}")
+        self.should_stop = should_stop  # the run's interrupt flag: a reason to stop, or None
         self._guest: Guest | None = None
         self._guest_inner: object | None = None
 
@@ -71,7 +73,20 @@ class VMCycle:
         return Qm(transport, self.target.vmid)
 
     def apt(self) -> Apt:
-        return Apt(self.guest_transport(), self.options.lock_timeout, self.options.command_timeout)
+        """apt in the guest; its detached commands re-attach over a fresh run connection and
+        stop being followed when the run is interrupted."""
+
+        def reconnect() -> RecordingTransport:
+            self.connections.forget(self.target.name)
+            return self.guest_transport()
+
+        return Apt(
+            self.guest_transport(),
+            self.options.lock_timeout,
+            self.options.command_timeout,
+            reconnect=reconnect,
+            should_stop=self.should_stop,
+        )
 
     # --- the preconditions of every mutating qm command -------------------------------------
     def prove_running(self, action: str, agent_required: bool = True) -> Proof:

@@ -1,4 +1,7 @@
-"""Unattended apt in the guest: the command lines, the lock retries, and the package diff."""
+"""Unattended apt in the guest: the command lines, the lock retries, and the package diff.
+
+apt-get update, dist-upgrade, autoremove and install run detached in the guest
+(pvepatch.guest.detached), so nothing on this side can kill dpkg halfway."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from pvepatch.guest.detached import Detached, Reconnect, ShouldStop
 from pvepatch.transport.command import CommandResult, Transport
 
 # Environment for every apt/dpkg call: no debconf prompts, no needrestart dialogs or service
@@ -85,14 +89,32 @@ class AptRun:
 
 
 class Apt:
-    """apt-get in one guest, over a Transport."""
+    """apt-get in one guest, over a Transport.
+
+    The changing calls run detached (a transient systemd unit) and are followed: a lost
+    connection is re-attached with `reconnect()`, and when `should_stop()` gives a reason (the
+    run is interrupted) pvepatch stops following, never the unit (StoppedFollowing), and starts
+    no new one (NotStarted).
+    """
 
     def __init__(
-        self, transport: Transport, lock_timeout: int = 600, command_timeout: float = 1800
+        self,
+        transport: Transport,
+        lock_timeout: int = 600,
+        command_timeout: float = 1800,
+        *,
+        reconnect: Reconnect | None = None,
+        should_stop: ShouldStop | None = None,
+        run_id: str | None = None,
     ):
-        self.transport = transport
+        self.detached = Detached(transport, reconnect, should_stop, run_id)
         self.lock_timeout = lock_timeout
         self.command_timeout = command_timeout
+
+    @property
+    def transport(self) -> Transport:
+        """The guest's connection now (a new one after a lost connection was re-attached)."""
+        return self.detached.transport
 
     def installed(self) -> dict[str, str]:
         result = self.transport.run(
@@ -127,11 +149,11 @@ class Apt:
         return self._apt("install", names).check(f"apt-get install {names} failed")
 
     def _apt(self, *words: str) -> CommandResult:
-        """One non-interactive apt-get call (mutating), its result unchecked."""
-        return self.transport.run(
+        """One non-interactive apt-get call, run detached and followed; its result unchecked."""
+        return self.detached.run(
             apt_command(*words, lock_timeout=self.lock_timeout),
-            timeout=self.command_timeout,
-            mutating=True,
+            f"apt-get {words[0]}",
+            self.command_timeout,
         )
 
     def pending_upgrades(self) -> list[str]:

@@ -18,6 +18,7 @@ from pvepatch.plugin.core import PLUGIN_NAME, RUN_KEY, PvepatchPlugin, refuse_pa
 from pvepatch.plugin.mode import PATCH, STAGES, names_patch, stage_of, written_mode
 from pvepatch.plugin.options import add_options, check_options, options_from
 from pvepatch.plugin.reporting import default_report_paths
+from pvepatch.transport.banner import ssh_banner
 from pvepatch.transport.command import ReadOnlyGuard
 from pvepatch.transport.connections import Connections, TransportFactory, ssh_factory
 from pvepatch.transport.known_hosts import check_host_key_policy
@@ -63,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except InventoryError as exc:
         raise pytest.UsageError(f"pvepatch: {exc}\nNothing was touched.") from exc
     guard = ReadOnlyGuard(allow_mutating=False)
+    banner = None if FACTORY_KEY in config.stash else ssh_banner  # never probe a fake's address
     factory = config.stash.get(FACTORY_KEY, None) or ssh_factory(
         [Path(p) for p in config.getoption("known_hosts")],
         config.getoption("accept_new_host_keys"),
@@ -75,7 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
         inventory,
         options,
         guard,
-        Connections(factory, guard),
+        Connections(factory, guard, banner),
         fleet=Fleet(runstate=_runstate(config, options)),
     )
     config.stash[RUN_KEY] = plugin

@@ -56,8 +56,15 @@ class PvepatchPlugin:
                 self.fleet,
                 self.say,
                 self.inventory.partners(target),
+                self._interrupted,
             )
         return self.cycles[target.name]
+
+    def _interrupted(self) -> str | None:
+        """Why following a detached apt stops (the run was interrupted), or None."""
+        runstate = self.fleet.runstate
+        why = runstate.interrupted() if runstate else None
+        return f"run interrupted ({why})" if why else None
 
     def status_of(self, vm: str) -> str:
         """`qm status` of a target VM now (read-only)."""

@@ -37,6 +37,14 @@ class CommandResult:
     duration: float
     mutating: bool = False
     started: float | None = None  # epoch seconds when it was sent (set by GuardedTransport)
+    answered: bool = True  # False: sent, but no answer came (connection lost, timed out)
+
+    @classmethod
+    def no_answer(
+        cls, host: str, command: str, error: Exception, duration: float, mutating: bool, sent: float
+    ) -> CommandResult:
+        """A command that was sent and never answered: rc -1, the error as its stderr."""
+        return cls(host, command, -1, "", str(error), duration, mutating, sent, answered=False)
 
     @property
     def ok(self) -> bool:
@@ -49,7 +57,8 @@ class CommandResult:
         return self
 
     def __str__(self) -> str:
-        parts = [f"command: {self.command}", f"exit status: {self.rc} ({self.duration:.1f} s)"]
+        status = f"{self.rc}" if self.answered else "none: no answer came"
+        parts = [f"command: {self.command}", f"exit status: {status} ({self.duration:.1f} s)"]
         for name, text in (("stdout", self.stdout), ("stderr", self.stderr)):
             if text.strip():
                 parts.append(f"{name} (tail):\n{tail(text)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,10 +18,13 @@ from pvepatch.transport.command import (
 )
 
 TransportFactory = Callable[[str, SSHSpec], Connection]
+BannerProbe = Callable[[str, int, float], "str | None"]  # (address, port, timeout) -> banner
+BANNER_TIMEOUT = 1.0
 
 
 class RecordingTransport:
-    """A view of a Transport that appends every result to `sink` (the VM's audit record)."""
+    """A view of a Transport that appends every command sent to `sink` (the VM's audit record),
+    with its result, or marked as never answered when the connection failed under it."""
 
     def __init__(self, inner: GuardedTransport, sink: list[CommandResult]):
         self.inner = inner
@@ -31,7 +35,13 @@ class RecordingTransport:
     def run(
         self, command: str, *args: object, timeout: float = 60.0, mutating: bool
     ) -> CommandResult:
-        result = self.inner.run(command, *args, timeout=timeout, mutating=mutating)
+        sent, started = time.time(), time.monotonic()
+        try:
+            result = self.inner.run(command, *args, timeout=timeout, mutating=mutating)
+        except TransportError as exc:
+            text, took = quote(command, *args), time.monotonic() - started
+            self.sink.append(CommandResult.no_answer(self.host, text, exc, took, mutating, sent))
+            raise
         self.sink.append(result)
         return result
 
@@ -61,14 +71,11 @@ class Connections:
     """
 
     def __init__(
-        self,
-        factory: TransportFactory,
-        guard: ReadOnlyGuard,
-        banner: Callable[[SSHSpec], bool] | None = None,
+        self, factory: TransportFactory, guard: ReadOnlyGuard, banner: BannerProbe | None = None
     ):
         self.factory = factory
         self.guard = guard
-        self._banner = banner
+        self._banner = banner  # None: no probe (fakes), every host counts as answering
         self._open: dict[str, GuardedTransport] = {}
         self._failed: dict[str, TransportError] = {}
 
@@ -94,9 +101,13 @@ class Connections:
         self.forget(name)
         return self.get(name, spec)
 
-    def banner(self, name: str, spec: SSHSpec) -> bool:
-        """Whether the host's sshd accepts connections now (no probe given: assume so)."""
-        return True if self._banner is None else self._banner(spec)
+    def banner(self, name: str, spec: SSHSpec, timeout: float = BANNER_TIMEOUT) -> bool:
+        """Whether the host's sshd answers with its identification line now: a TCP connect and
+        one line read, no authentication, no host key (use `probe()` for the verified
+        connection once this says yes). Always True when the run has no banner probe."""
+        if self._banner is None:
+            return True
+        return self._banner(spec.address, spec.port, timeout) is not None
 
     def forget(self, name: str) -> None:
         transport = self._open.pop(name, None)

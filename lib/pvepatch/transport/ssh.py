@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,12 @@ from pvepatch.transport import known_hosts
 from pvepatch.transport.command import CommandResult, quote
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts").expanduser()
+# An SSH-level keepalive every few seconds: a peer that rebooted answers it with a reset, so a
+# dead connection is noticed within seconds, not at the next command's timeout.
+KEEPALIVE_INTERVAL = 5
+# The TCP connect itself: a host whose network is up answers (or refuses) a SYN in milliseconds;
+# waiting the whole connect timeout for one that does not only delays the next attempt.
+TCP_CONNECT_TIMEOUT = 5.0
 
 
 def _key_of(entry: known_hosts.KnownHost) -> paramiko.PKey | None:
@@ -137,9 +144,17 @@ class SSHTransport:
         else:
             client.set_missing_host_key_policy(_RejectUnknown(self.host, keys, existing))
         try:
+            sock = socket.create_connection(
+                (self.spec.address, self.spec.port),
+                timeout=min(self.connect_timeout, TCP_CONNECT_TIMEOUT),
+            )
+        except OSError as exc:
+            raise TransportError(self.host, f"SSH connection to {self.spec} failed: {exc}") from exc
+        try:
             client.connect(
                 self.spec.address,
                 port=self.spec.port,
+                sock=sock,
                 username=self.spec.user,
                 key_filename=str(self.spec.key_file) if self.spec.key_file else None,
                 timeout=self.connect_timeout,
@@ -159,7 +174,13 @@ class SSHTransport:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             client.close()
             raise TransportError(self.host, f"SSH connection to {self.spec} failed: {exc}") from exc
-        key = client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
+        finally:
+            if client.get_transport() is None:
+                sock.close()
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(KEEPALIVE_INTERVAL)
+        key = transport.get_remote_server_key()
         self.host_key = f"{key.get_name()} {key.fingerprint}"
         return client
 
