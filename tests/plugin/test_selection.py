@@ -110,16 +110,6 @@ def test_a_silent_agent_refuses_the_restart_of_a_bound_vm(suite):
     result.stdout.fnmatch_lines(["*does not answer, so the binding cannot be proven*"])
 
 
-def test_a_patch_run_under_xdist_is_refused_before_anything_is_touched(suite, fleet):
-    pytest.importorskip("xdist")
-    result = run(suite, fleet, "-m", "patch", "-n", "2")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        ["*patch run under pytest-xdist (-n) is refused*Nothing was touched*"]
-    )
-    assert fleet.commands == [] and fleet.connects == []
-
-
 def test_a_verify_run_under_xdist_is_allowed(suite, fleet):
     """Read-only runs may use workers (the fake fleet lives in this process, so the workers'
     connections fail: what matters is that the run is not refused and the tests ran)."""
@@ -154,13 +144,14 @@ def test_an_agent_naming_another_host_refuses_every_change(suite):
     result.stdout.fnmatch_lines(["*reports host name 'grafana', but SSH reaches 'pbs'*"])
 
 
-def test_xdist_refusal_holds_with_plugin_autoload_off(suite, fleet, monkeypatch):
+def test_xdist_dist_refusal_holds_with_plugin_autoload_off(suite, fleet, monkeypatch):
+    """Under xdist only --dist loadgroup (one group per VM) is allowed (tests/plugin/test_xdist.py)."""
     pytest.importorskip("xdist")
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     result = suite.runpytest(
         "--inventory", "inventory.yaml", "-p", "pvepatch.plugin", "-p", "xdist.plugin",
-        "-n", "2", "-m", "patch", plugins=[fakes.FleetPlugin(fleet)],
+        "-n", "2", "--dist", "each", "-m", "patch", plugins=[fakes.FleetPlugin(fleet)],
     )  # fmt: skip
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*patch run under pytest-xdist (-n) is refused*"])
+    result.stderr.fnmatch_lines(["*--dist each is refused*Nothing was touched*"])
     assert fleet.commands == []

@@ -27,7 +27,7 @@ from pvepatch.audit.summary import (
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import VMRecord
 from pvepatch.inventory import Inventory
-from pvepatch.transport.command import CommandResult, ReadOnlyGuard
+from pvepatch.transport.command import CommandResult
 
 TRANSCRIPT_LINES = 20  # a guest command with more output than this gets its own file
 INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED
@@ -38,11 +38,13 @@ class Run(Protocol):
 
     inventory: Inventory
     options: Options
-    guard: ReadOnlyGuard
-    fleet: Fleet
-    records: dict[str, VMRecord]
+    fleet: Fleet  # its `down`: the VMs the run left not running (merged from every worker)
+    records: dict[str, VMRecord]  # one per VM (on an xdist controller, as its worker shipped it)
     mode: str
     started: float
+
+    @property
+    def mutating_sent(self) -> int: ...  # summed over xdist workers
 
     def status_of(self, vm: str) -> str: ...
 
@@ -64,7 +66,9 @@ class AuditLog:
         self.stages: dict[str, dict[str, StageResult]] = {}
         self.keys: dict[str, tuple[str, str]] = {}
         self.phases: dict[str, TestResult] = {}
-        self.current: tuple[str, str] | None = None
+        self.open: dict[str, str] = {}  # VM -> its stage under way (one per xdist worker at most)
+        self.collected = 0  # tests to run, on an xdist controller (known from the workers)
+        self.logging = False  # run_start written
         self.sent: dict[str, tuple[int, int]] = {}
         self.transcribed: dict[str, int] = {}
         self.links: dict[tuple[str, int], str] = {}
@@ -72,7 +76,7 @@ class AuditLog:
         self.facts: dict[tuple[str, str, int], dict[str, Any]] = {}  # redacted once per command
         self.ended: float | None = None
         self.exitstatus: int | None = None
-        self.interruption: dict[str, Any] | None = None
+        self.interruptions: dict[str, dict[str, Any]] = {}  # VM -> where the interruption found it
 
     # --- the header ------------------------------------------------------------------------
     def static_header(self) -> dict[str, Any]:
@@ -105,7 +109,7 @@ class AuditLog:
             "ended": iso(end),
             "duration": f"{end - self.run.started:.1f} s" if end else "—",
             **{k: v for k, v in self.static_header().items() if k != "run id"},
-            "mutating commands sent": self.run.guard.mutating_sent,
+            "mutating commands sent": self.run.mutating_sent,
             "target VMs": ", ".join(str(t) for t in self.run.inventory.targets),
             "command line": "pytest " + " ".join(self.config.invocation_params.args),
             "exit status": self.exitstatus,
@@ -128,6 +132,7 @@ class AuditLog:
 
     # --- as the run goes ---------------------------------------------------------------------
     def run_start(self, items: int) -> None:
+        self.logging = True
         targets = [
             {"vm": t.name, "vmid": t.vmid, "proxmox_host": t.proxmox.name}
             for t in self.run.inventory.targets
@@ -137,19 +142,25 @@ class AuditLog:
             tests=items, targets=targets, header=self.header(),
         )  # fmt: skip
 
-    def test_starts(self, nodeid: str, key: tuple[str, str]) -> None:
+    def test_starts(self, nodeid: str, key: tuple[str, str], at: float | None = None) -> None:
+        """A test of a VM's stage begins; the first one opens the stage."""
+        if not self.logging:  # an xdist controller learns the mode from the first report
+            self.run_start(self.collected)
         self.keys[nodeid] = key
-        if self.current == key:
-            return
         vm, stage = key
-        self.stages.setdefault(vm, {})[stage] = StageResult(stage, started=time.time())
-        self.current = key
+        if self.open.get(vm) == stage:
+            return
+        self.stages.setdefault(vm, {})[stage] = StageResult(stage, started=at or time.time())
+        self.open[vm] = stage
         self.ledger.write("stage_start", vm=vm, vmid=self._vmid(vm), stage=stage)
 
-    def test_phase(self, report: pytest.TestReport, message: str) -> None:
-        key = self.keys.get(report.nodeid)
-        if key is None:
-            return
+    def test_phase(
+        self, report: pytest.TestReport, payload: dict[str, Any], message: str
+    ) -> dict[str, str]:
+        """One phase's report of a VM's test (`payload`: its vm, stage, whether it ends the
+        stage). Returns the links to transcripts the test's commands made."""
+        key = (payload["vm"], payload["stage"])
+        self.test_starts(report.nodeid, key, getattr(report, "start", None))
         name = report.nodeid.split("::")[-1]
         result = self.phases.setdefault(report.nodeid, TestResult(name, "passed", 0.0))
         result.duration += report.duration
@@ -161,8 +172,12 @@ class AuditLog:
                 result.outcome = outcome
             if not report.passed and not result.message:
                 result.message = message
+        links = self.new_transcripts(key[0]) if report.when == "call" else {}
         if report.when == "teardown":
             self.stages[key[0]][key[1]].tests.append(self.phases.pop(report.nodeid))
+            if payload["stage_ends"]:
+                self.stage_ends(key)
+        return links
 
     def stage_ends(self, key: tuple[str, str], status: str | None = None) -> None:
         vm, stage = key
@@ -186,23 +201,28 @@ class AuditLog:
         )
         if record is not None:
             self.sent[vm] = (len(record.qm_commands), len(record.guest_commands))
-        self.current = None
+        self.open.pop(vm, None)
 
     def run_end(self, exitstatus: int) -> None:
         self.ended, self.exitstatus = time.time(), exitstatus
-        if exitstatus == INTERRUPTED and self.current is not None:
-            self._close_interrupted(self.current)
+        if not self.logging:
+            self.run_start(self.collected)
+        if exitstatus == INTERRUPTED:
+            for key in list(self.open.items()):
+                self._close_interrupted(key)
+        interruptions = list(self.interruptions.values())
         self.ledger.write(
             "run_end",
             verdict=self.verdict(),
             exit_status=exitstatus,
             ended=iso(self.ended),
-            mutating_commands_sent=self.run.guard.mutating_sent,
+            mutating_commands_sent=self.run.mutating_sent,
             vms={
                 t.name: {k: v for k, v in self.vm_entry(t.name, False).items() if k in VERDICT}
                 for t in self.run.inventory.targets
             },
-            interrupted=self.interruption,
+            interrupted=interruptions[0] if interruptions else None,
+            interrupted_vms=interruptions,
             left_down=dict(self.run.fleet.down),
         )
 
@@ -213,7 +233,7 @@ class AuditLog:
                 result.outcome, result.message = "interrupted", "the run was interrupted here"
                 self.stages[vm][stage].tests.append(self.phases.pop(nodeid))
         tests = [nodeid for nodeid, k in self.keys.items() if k == key]
-        self.interruption = {
+        self.interruptions[vm] = {
             "vm": vm,
             "stage": stage,
             "last_test": tests[-1] if tests else None,
@@ -272,10 +292,11 @@ class AuditLog:
         target = self.run.inventory.target(vm)
         record = self.run.records.get(vm)
         stages = self.stages.get(vm, {})
-        verdict, reason = vm_verdict(record, stages)
-        if self.interruption and self.interruption["vm"] == vm:
+        verdict, reason = vm_verdict(record, stages, self.run.fleet.down.get(vm))
+        where = self.interruptions.get(vm)
+        if where:
             verdict = "interrupted"
-            reason = f"run interrupted in stage {self.interruption['stage']}; VM status afterwards: {self.interruption['vm_status_after']}"
+            reason = f"run interrupted in stage {where['stage']}; VM status afterwards: {where['vm_status_after']}"
         entry: dict[str, Any] = {"vm": vm, "vmid": target.vmid, "proxmox_host": target.proxmox.name}
         entry.update(vm_facts(record) if record else {})
         entry.update(verdict=verdict, reason=reason)

@@ -19,6 +19,7 @@ STYLE = """<style>
 .pvepatch .interrupted{background:#fb8}
 .pvepatch pre{margin:0;white-space:pre-wrap;font-size:11px;max-width:900px}
 .pvepatch section{border-top:2px solid #888;margin-top:10px}
+.pvepatch svg.pvepatch-down rect.bar{fill:#c33}.pvepatch svg.pvepatch-down rect.axis{fill:#eee}
 </style>"""
 
 
@@ -54,8 +55,36 @@ def header_html(header: dict[str, Any]) -> str:
     return f'<div class="pvepatch" id="pvepatch-header"><h2>pvepatch run</h2>{_table(rows)}</div>'
 
 
+TIMELINE_WIDTH = 240
+
+
+def _windows(vms: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    return {
+        vm["vm"]: (vm["restart"]["down"]["from_ts"], vm["restart"]["down"]["to_ts"])
+        for vm in vms
+        if vm.get("restart") and vm["restart"].get("down")
+    }
+
+
+def timeline_svg(window: tuple[float, float], t0: float, span: float, label: str) -> str:
+    """One VM's down window as a bar on the run's common time axis (inline SVG, no script)."""
+    x = (window[0] - t0) / span * TIMELINE_WIDTH
+    width = max(2.0, (window[1] - window[0]) / span * TIMELINE_WIDTH)
+    return (
+        f'<svg class="pvepatch-down" width="{TIMELINE_WIDTH}" height="12" role="img">'
+        f"<title>{esc(label)}</title>"
+        f'<rect class="axis" x="0" y="4" width="{TIMELINE_WIDTH}" height="4"/>'
+        f'<rect class="bar" x="{x:.1f}" y="1" width="{width:.1f}" height="10"/></svg>'
+    )
+
+
 def matrix_html(vms: list[dict[str, Any]]) -> str:
-    """The fleet matrix: one row per VM, one column per stage, the verdict and its reason."""
+    """The fleet matrix: one row per VM, one column per stage, the verdict and its reason, and
+    when the VM was down (from its shutdown request, or down slot, to healthy), all VMs on one
+    time axis."""
+    windows = _windows(vms)
+    t0 = min((w[0] for w in windows.values()), default=0.0)
+    span = max((w[1] for w in windows.values()), default=0.0) - t0 or 1.0
     rows = []
     for vm in vms:
         cells: list[Any] = [Raw(f'<a href="#vm-{esc(vm["vm"])}">{esc(vm["vm"])}</a>'), vm["vmid"]]
@@ -68,8 +97,16 @@ def matrix_html(vms: list[dict[str, Any]]) -> str:
             Raw(f"<b>{esc(vm['verdict'])}</b>", f' class="{vm["verdict"].replace(" ", "-")}"')
         )
         cells.append(vm["reason"])
+        window = windows.get(vm["vm"])
+        if window is None:
+            cells.append("not down")
+        else:
+            down = vm["restart"]["down"]
+            label = f"down {down['seconds']} s, {down['from']} to {down['to']}"
+            bar = timeline_svg(window, t0, span, label)
+            cells.append(Raw(f"{bar} {esc(down['seconds'])} s"))
         rows.append(cells)
-    head = ["VM", "vmid", *STAGE_NAMES, "verdict", "reason"]
+    head = ["VM", "vmid", *STAGE_NAMES, "verdict", "reason", "down (one time axis)"]
     table = _table(rows, head, "pvepatch-matrix")
     return f'<div class="pvepatch" id="pvepatch-matrix"><h2>Fleet</h2>{table}</div>'
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pvepatch
 from pvepatch.audit.ledger import iso
-from pvepatch.cycle.record import VMRecord, verdict
+from pvepatch.cycle.record import VMRecord, down_window, verdict
 from pvepatch.transport.command import CommandResult, tail
 
 STAGE_NAMES = ("preflight", "guest_agent", "patch", "restart", "verify")
@@ -173,17 +173,31 @@ def _restart_facts(restart: Any) -> dict[str, Any]:
             for key, label in RESTART_EVENTS
         ],
         "downtime_s": round(restart.downtime, 1) if restart.downtime is not None else None,
+        "down": _down_facts(restart),
         "shutdown_rc": restart.shutdown.rc if restart.shutdown else None,
         "hard_stop_rc": restart.hard_stop.rc if restart.hard_stop else None,
         "start_rc": restart.start.rc if restart.start else None,
     }
 
 
-def vm_verdict(record: VMRecord | None, stages: dict[str, StageResult]) -> tuple[str, str]:
-    """passed / failed / interrupted / not run, and the one-line reason (cycle.record.verdict)."""
-    if record is None and not stages:
+def _down_facts(restart: Any) -> dict[str, Any] | None:
+    """When the VM was down (cycle.record.down_window): what the report's timeline draws."""
+    window = down_window(restart)
+    if window is None:
+        return None
+    start, end = window
+    return {"from": iso(start), "to": iso(end), "from_ts": round(start, 3),
+            "to_ts": round(end, 3), "seconds": round(end - start, 1)}  # fmt: skip
+
+
+def vm_verdict(
+    record: VMRecord | None, stages: dict[str, StageResult], left_down: str | None = None
+) -> tuple[str, str]:
+    """passed / failed / interrupted / not run / left down, and the one-line reason: the
+    terminal summary's (cycle.record.verdict)."""
+    if record is None and not stages and not left_down:
         return "not run", ""
-    return verdict(record)
+    return verdict(record, left_down)
 
 
 # --- the run header ------------------------------------------------------------------------

@@ -6,6 +6,9 @@ audit layer serializes them. Nothing here is written from a test body.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,3 +192,37 @@ def verdict(record: VMRecord | None, left_down: str | None = None) -> tuple[str,
     if not record.completed:
         return "interrupted", "its stages did not all run"
     return "passed", ""
+
+
+def record_to_wire(record: VMRecord) -> str:
+    """The record as text that travels on a test report from an xdist worker to the controller.
+
+    A pickle, not a to_dict/from_dict pair: the record nests types owned by other layers
+    (CommandResult, AptRun, Target) that grow fields, and a pickle round-trips every one of them
+    exactly, with nothing to keep in step. It goes only from a worker to the controller that
+    spawned it (execnet already runs the controller's code in the worker). `outcomes` (cached
+    values and exceptions of the actions) stays behind: it is the worker's working memory.
+    """
+    shipped = dataclasses.replace(record, outcomes={})
+    return base64.b64encode(pickle.dumps(shipped, pickle.HIGHEST_PROTOCOL)).decode("ascii")
+
+
+def record_from_wire(text: str, target: Target) -> VMRecord:
+    """The record a worker shipped (record_to_wire), bound to the controller's own `target`."""
+    record = pickle.loads(base64.b64decode(text))
+    if not isinstance(record, VMRecord) or record.target.name != target.name:
+        raise ValueError(f"not a pvepatch record of VM {target.name!r}")
+    return dataclasses.replace(record, target=target)
+
+
+def down_window(restart: RestartOutcome | None) -> tuple[float, float] | None:
+    """When the VM was down, as epoch seconds: from its down slot (`down`), else from the
+    shutdown request, to healthy (`healthy`), else to the last restart mark. None: never down."""
+    if restart is None:
+        return None
+    times = restart.times
+    start = times.get("down", times.get("shutdown_sent"))
+    if start is None:
+        return None
+    end = times.get("healthy", max(times.values()))
+    return start, max(start, end)

@@ -167,7 +167,7 @@ class Restart:
                         runstate.holder(target.name),
                         opts.slot_timeout,
                         self.cycle.progress,
-                        self.fleet.stop_reason,
+                        self._no_slot_will_come,
                     )
                 )
         except BaseException:
@@ -178,14 +178,43 @@ class Restart:
         self.outcome.down_slots = [str(s) for s in slots]
         return slots
 
+    def _no_slot_will_come(self) -> str | None:
+        """Why waiting for a down slot is pointless: the run stops, or VMs of this run that
+        did not come back hold the whole budget until the run ends."""
+        why = self.fleet.stop_reason()
+        runstate = self.fleet.runstate
+        stuck = runstate.stuck() if runstate else []
+        if why is None and len(stuck) >= self.options.max_down:
+            why = (
+                f"{', '.join(stuck)} did not come back healthy and hold(s) the down budget "
+                f"(--max-down {self.options.max_down}) until the run ends"
+            )
+        return why
+
     def _keep_or_release(self, slots: list[Slot], healthy: bool) -> None:
         """A VM counts as down until its checks passed: one that never went down or came back
         healthy gives its slots back; any other keeps them until the run ends."""
-        if healthy or "shutdown_sent" not in self.outcome.times:
+        if healthy or "shutdown_sent" not in self.outcome.times or self._still_serving():
             for slot in reversed(slots):
                 slot.release()
-        elif slots:
+        else:
             self.fleet.held[self.target.name] = slots
+            if self.fleet.runstate is not None:
+                self.fleet.runstate.vm_stuck(self.target.name)
+
+    def _still_serving(self) -> bool:
+        """A shutdown the guest refused: it never stopped, is running, and answers over SSH
+        in the same boot as before (so it is not down, it was never taken down)."""
+        outcome = self.outcome
+        if outcome.stopped or "start_sent" in outcome.times or outcome.before is None:
+            return False
+        try:
+            if self.qm.status() != "running":
+                return False
+            guest = Guest(self.cycle.connections.probe(self.target.name, self.target.ssh))
+            return guest.boot_id() == outcome.before.boot_id
+        except PvepatchError:
+            return False
 
     def _partners_healthy(self) -> None:
         """Every partner in the VM's redundancy group serves, checked now: a Pi-hole answers a

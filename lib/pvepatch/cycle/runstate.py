@@ -33,7 +33,7 @@ class RunState:
 
     def __post_init__(self) -> None:
         self.run_id = self.directory.name.removeprefix("pvepatch-run-")
-        for sub in ("failed", "done", "slots"):
+        for sub in ("failed", "done", "slots", "stuck"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -87,6 +87,13 @@ class RunState:
         """Why no new action may start now (interrupted, halted), or None."""
         why = self.interrupted()
         return f"run interrupted ({why})" if why else self.halted()
+
+    # --- VMs still down after their restart (they keep their slots until the run ends) ----
+    def vm_stuck(self, vm: str) -> None:
+        (self.directory / "stuck" / _name(vm)).touch()
+
+    def stuck(self) -> list[str]:
+        return sorted(_unname(p.name) for p in (self.directory / "stuck").iterdir())
 
     # --- canaries --------------------------------------------------------------------------
     def vm_done(self, vm: str, passed: bool) -> None:

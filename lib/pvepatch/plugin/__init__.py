@@ -14,8 +14,8 @@ from pvepatch.cycle.record import VMRecord
 from pvepatch.cycle.runstate import RunState
 from pvepatch.errors import InventoryError
 from pvepatch.inventory import Target, load_inventory
-from pvepatch.plugin.core import PLUGIN_NAME, RUN_KEY, PvepatchPlugin, refuse_parallel_patch
-from pvepatch.plugin.mode import PATCH, STAGES, names_patch, stage_of, written_mode
+from pvepatch.plugin.core import PLUGIN_NAME, RUN_KEY, PvepatchPlugin, distribute_by_vm
+from pvepatch.plugin.mode import STAGES, names_patch, stage_of, written_mode
 from pvepatch.plugin.options import add_options, check_options, options_from
 from pvepatch.plugin.reporting import default_report_paths
 from pvepatch.transport.banner import ssh_banner
@@ -30,6 +30,7 @@ MARKERS = {
     "verify": "part of the read-only health check (pytest -m verify)",
     "stage(name)": "the pvepatch stage a test belongs to: " + ", ".join(STAGES),
     "pihole": "runs only for Pi-hole VMs (group 'pihole' or pihole: true)",
+    "xdist_group(name)": "pytest-xdist --dist loadgroup: the tests of one VM run on one worker",
 }
 STAGES_DIR = "tests_patch"
 # The stage files, shipped with the package (a link to the project's tests_patch/), so that
@@ -52,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _is_pvepatch_run(config):
         return
     check_options(config)
-    refuse_parallel_patch(config, written_mode(config) == PATCH)
+    distribute_by_vm(config)
     path = config.getoption("inventory") or str(config.rootpath / "inventory.yaml")
     try:
         inventory = load_inventory(path, config.getoption("group"), config.getoption("limit"))

@@ -14,14 +14,25 @@ from pvepatch.audit.redact import redact_text
 from pvepatch.audit.summary import junit_properties
 from pvepatch.cycle.actions import VMCycle
 from pvepatch.cycle.options import Fleet, Options
-from pvepatch.cycle.record import VMRecord, verdict
+from pvepatch.cycle.record import VMRecord, record_from_wire, record_to_wire, verdict
 from pvepatch.errors import one_line
 from pvepatch.inventory import Inventory, Target
-from pvepatch.plugin.mode import PATCH, VERIFY, belongs_to_verify, decide_mode, stage_of
+from pvepatch.plugin.mode import (
+    PATCH,
+    VERIFY,
+    belongs_to_verify,
+    decide_mode,
+    stage_of,
+    written_mode,
+)
 from pvepatch.transport.command import ReadOnlyGuard
 from pvepatch.transport.connections import Connections
 
 PLUGIN_NAME = "pvepatch-run"
+# What a per-VM test report carries (a dict; serializable, so it crosses from an xdist worker):
+# vm, stage, stage_ends, mode, and from a worker its id, mutating_sent and down.
+PAYLOAD = "pvepatch"
+RECORD = "pvepatch_record"  # on a worker's report whose VM record changed: record_to_wire()
 
 
 @dataclass
@@ -39,6 +50,11 @@ class PvepatchPlugin:
     records: dict[str, VMRecord] = field(default_factory=dict)
     cycles: dict[str, VMCycle] = field(default_factory=dict)
     last_item: dict[str, str] = field(default_factory=dict)  # VM name -> its last test's nodeid
+    stage_last: set[str] = field(default_factory=set)  # nodeids of the last test of a VM's stage
+    shipped: dict[str, str] = field(default_factory=dict)  # in a worker: VM -> last record sent
+    worker_sent: dict[str, int] = field(default_factory=dict)  # on the controller, by worker id
+    worker_down: dict[str, dict[str, str]] = field(default_factory=dict)
+    mode_known: bool = False  # the mode was decided (here at collection, or by the workers)
     dropped: int = 0  # tests a verify run deselected (mutating or patch-only)
     started: float = field(default_factory=time.time)
     _old_handlers: dict[int, Any] = field(default_factory=dict)
@@ -66,6 +82,11 @@ class PvepatchPlugin:
         why = runstate.interrupted() if runstate else None
         return f"run interrupted ({why})" if why else None
 
+    @property
+    def mutating_sent(self) -> int:
+        """Mutating commands this run sent: here, and by each xdist worker."""
+        return self.guard.mutating_sent + sum(self.worker_sent.values())
+
     def status_of(self, vm: str) -> str:
         """`qm status` of a target VM now (read-only)."""
         return self.cycle(self.inventory.target(vm)).qm().status()
@@ -86,7 +107,11 @@ class PvepatchPlugin:
         targets = list(self.inventory.targets)
         if metafunc.definition.get_closest_marker("pihole"):
             targets = [t for t in targets if t.pihole is not None]
-        metafunc.parametrize("target", targets, ids=[t.name for t in targets])
+        # One xdist group per VM (with --dist loadgroup): a VM's stages run on one worker, in order.
+        params = [
+            pytest.param(t, id=t.name, marks=pytest.mark.xdist_group(t.name)) for t in targets
+        ]
+        metafunc.parametrize("target", params)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
@@ -96,8 +121,7 @@ class PvepatchPlugin:
         the rest VM by VM and stage by stage."""
         items[:] = [i for i in items if not _unbound(i)]
         self.mode = decide_mode(config.getoption("markexpr") or "", items)
-        if self.mode == PATCH and hasattr(config, "workerinput"):
-            raise pytest.UsageError(_XDIST_REFUSAL)
+        self.mode_known = True
         self.guard.allow_mutating = self.mode == PATCH
         keep = items if self.mode == PATCH else [i for i in items if belongs_to_verify(i)]
         dropped = [i for i in items if i not in keep]
@@ -116,10 +140,13 @@ class PvepatchPlugin:
             )
 
         items[:] = sorted(keep, key=key)
+        last_of_stage: dict[tuple[str, str], str] = {}
         for item in items:
-            target = target_of(item)
+            target, stage = target_of(item), stage_of(item)
             if target is not None:
                 self.last_item[target.name] = item.nodeid
+                last_of_stage[(target.name, stage.name if stage else "")] = item.nodeid
+        self.stage_last = set(last_of_stage.values())
         if self.mode == PATCH and self.fleet.runstate is not None and self.options.canary:
             changing = {
                 t.name
@@ -138,15 +165,18 @@ class PvepatchPlugin:
         return lines
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if self.mode == PATCH:
-            self.say("mode PATCH (mutating stages selected with -m)")
-        else:
-            self.say("mode VERIFY (read-only: mutating commands are refused)")
+        self._say_mode()
         if self.dropped:
             self.say(
                 f"{self.dropped} patch-only test(s) deselected; nothing will be changed "
                 "(select the patch cycle with -m patch)"
             )
+
+    def _say_mode(self) -> None:
+        if self.mode == PATCH:
+            self.say("mode PATCH (mutating stages selected with -m)")
+        else:
+            self.say("mode VERIFY (read-only: mutating commands are refused)")
 
     # --- running: per-VM gating --------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -194,7 +224,82 @@ class PvepatchPlugin:
                 if runstate is not None and self.mode == PATCH:
                     result, _ = verdict(record, self.fleet.down.get(target.name))
                     runstate.vm_done(target.name, result == "passed")
+        self._attach(report, item, target, stage.name if stage else "")
         return report
+
+    # --- one record of the run: what a report carries, and what the controller makes of it ------
+    def _attach(
+        self, report: pytest.TestReport, item: pytest.Item, target: Target, stage: str
+    ) -> None:
+        """Mark a per-VM report with its VM and stage (the audit reads them from the report, in
+        one process or on the xdist controller); from a worker, add its counters, the VMs it left
+        down, and the VM's record when it changed since the last report."""
+        payload: dict[str, Any] = {
+            "vm": target.name,
+            "stage": stage,
+            "stage_ends": report.when == "teardown" and item.nodeid in self.stage_last,
+            "mode": self.mode,
+        }
+        workerinput = getattr(self.config, "workerinput", None)
+        if workerinput is not None:
+            payload.update(self._worker_state(workerinput["workerid"]))
+            wire = record_to_wire(self.record(target))
+            if self.shipped.get(target.name) != wire:
+                self.shipped[target.name] = wire
+                setattr(report, RECORD, wire)
+        setattr(report, PAYLOAD, payload)
+
+    def _worker_state(self, worker: str) -> dict[str, Any]:
+        return {
+            "worker": worker,
+            "mutating_sent": self.guard.mutating_sent,
+            "down": dict(self.fleet.down),
+        }
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Any:
+        """Before any reporter reads a report from a worker: take its VM record, counters and
+        left-down VMs, and give it the node id a serial run has (without xdist's `@<vm>`)."""
+        payload = getattr(report, PAYLOAD, None)
+        if isinstance(payload, dict) and not hasattr(self.config, "workerinput"):
+            self._receive(report, payload)  # (a worker's own reports leave as they are)
+        return (yield)
+
+    def _receive(self, report: pytest.TestReport, payload: dict[str, Any]) -> None:
+        vm = payload["vm"]
+        report.nodeid = report.nodeid.removesuffix(f"@{vm}")
+        wire = report.__dict__.pop(RECORD, None)  # consumed here: no later reporter sees raw output
+        if wire is not None:
+            self.records[vm] = record_from_wire(wire, self.inventory.target(vm))
+        if "worker" in payload:
+            self._learn_from_worker(payload)
+
+    def _learn_from_worker(self, state: dict[str, Any]) -> None:
+        worker = state["worker"]
+        self.worker_sent[worker] = max(state["mutating_sent"], self.worker_sent.get(worker, 0))
+        self.worker_down[worker] = dict(state["down"])
+        self.fleet.down.clear()  # the controller's view: the union of what each worker left down
+        for down in self.worker_down.values():
+            self.fleet.down.update(down)
+        if not self.mode_known:
+            self.mode, self.mode_known = state["mode"], True
+            self._say_mode()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """One work unit per VM (schedule.VMGroupScheduling)."""
+        if config.getoption("dist") != "loadgroup":
+            return None
+        from pvepatch.plugin.schedule import VMGroupScheduling  # xdist is loaded: it asks
+
+        return VMGroupScheduling(config, log, [t.name for t in self.inventory.targets])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """An xdist worker finished: its final counters (a crashed one keeps its last report's)."""
+        state = getattr(node, "workeroutput", {}).get(PAYLOAD)
+        if state:
+            self._learn_from_worker(state)
 
     # --- the end of the run --------------------------------------------------------------------
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -209,7 +314,8 @@ class PvepatchPlugin:
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         runstate = self.fleet.runstate
-        if runstate is None or self.mode != PATCH:
+        # (an xdist controller learns the mode from its workers: -m as written decides there)
+        if runstate is None or PATCH not in (self.mode, written_mode(self.config)):
             raise KeyboardInterrupt(f"pvepatch: received {name}")
         first = runstate.interrupt(name)
         down = runstate.down_now()
@@ -225,16 +331,27 @@ class PvepatchPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.fleet.release_all()
         self.connections.close_all()
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:  # sent to the controller when this worker finishes
+            state = self._worker_state(self.config.workerinput["workerid"])  # type: ignore[attr-defined]
+            workeroutput[PAYLOAD] = {**state, "mode": self.mode}
         for signum, handler in self._old_handlers.items():
             signal.signal(signum, handler)
         self._old_handlers.clear()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Any:
+        """Every test ran or was skipped ("not started"): an interrupted run ends as pytest's
+        interrupted runs do (exit status 2), here or on the xdist controller."""
+        result = yield
         runstate = self.fleet.runstate
-        if (
-            runstate is not None
-            and runstate.interrupted()
-            and not hasattr(self.config, "workerinput")
-        ):
-            session.exitstatus = pytest.ExitCode.INTERRUPTED
+        why = runstate.interrupted() if runstate else None
+        if why and not hasattr(self.config, "workerinput"):
+            raise session.Interrupted(
+                f"pvepatch: run interrupted ({why}); nothing new was started after it, what was "
+                "under way was finished (see the pvepatch summary)"
+            )
+        return result
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.fleet.runstate is not None:
@@ -249,7 +366,15 @@ class PvepatchPlugin:
             tr.write_line(redact_text(self.config, text), **markup)
 
         tr.section("pvepatch")
-        line(f"mode: {self.mode}; mutating commands sent: {self.guard.mutating_sent}")
+        runstate = self.fleet.runstate
+        if runstate is not None and runstate.interrupted():
+            line(
+                f"INTERRUPTED ({runstate.interrupted()}): no new action started after it; "
+                "restarts under way were finished",
+                red=True,
+                bold=True,
+            )
+        line(f"mode: {self.mode}; mutating commands sent: {self.mutating_sent}")
         for target in self.inventory.targets:
             record = self.records.get(target.name)
             result, reason = verdict(record, self.fleet.down.get(target.name))
@@ -272,25 +397,39 @@ RUN_KEY = pytest.StashKey[PvepatchPlugin]()
 # the action each mutating stage runs once per VM (VMRecord.once keys)
 _ACTION_OF_STAGE = {"guest_agent": "agent", "patch": "apt", "restart": "restart"}
 
-_XDIST_REFUSAL = (
-    "pvepatch: a patch run under pytest-xdist (-n) is refused: parallel workers would take "
-    "several VMs down at once. Run `pytest -m patch` without -n (a verify run may use -n). "
-    "Nothing was touched."
-)
+# Why pvepatch distributes only with --dist loadgroup (one group per VM).
+_DIST_REFUSED = {
+    "each": "it would run every VM's stages on every worker",
+    "loadscope": "it groups by module, so one VM's stages would run on several workers",
+    "loadfile": "it groups by file, so one VM's stages would run on several workers",
+    "worksteal": "it moves tests between workers, so one VM's stages could run out of order",
+}
 
 
-def refuse_parallel_patch(config: pytest.Config, markexpr_names_patch: bool) -> None:
-    """Before anything is touched: no patch run under xdist workers (until the fleet budget)."""
-    if not markexpr_names_patch:
+def distribute_by_vm(config: pytest.Config) -> None:
+    """Under pytest-xdist (-n, --tx) pvepatch distributes with `--dist loadgroup`, one group per
+    VM, so each VM's stages run in order on one worker; any other explicit --dist is refused
+    before anything is touched. (xdist turns a bare `-n` into `--dist load`, which is switched.)"""
+    if hasattr(config, "workerinput"):
+        # A worker names each item with its group (`@<vm>`, which the controller's scheduler
+        # groups by) only when it knows the run is loadgroup; it parsed only the command line.
+        config.option.loadgroup = True
         return
-    workers = config.getoption("numprocesses", None)  # None when xdist is not loaded at all
-    if (
-        workers not in (None, 0, "0")
-        or config.getoption("tx", None)
-        or config.getoption("dist", "no") != "no"
-        or hasattr(config, "workerinput")
-    ):
-        raise pytest.UsageError(_XDIST_REFUSAL)
+    dist = config.getoption("dist", "no")  # "no" also when xdist is not loaded at all
+    if dist == "no":
+        return
+    if dist == "load":
+        config.option.dist = "loadgroup"
+    if dist in ("load", "loadgroup"):
+        # The run goes VM by VM in inventory order (the first ones first: canaries), not
+        # the biggest group first.
+        config.option.loadscopereorder = False
+        return
+    raise pytest.UsageError(
+        f"pvepatch: --dist {dist} is refused: {_DIST_REFUSED.get(dist, 'unknown mode')}. "
+        "pvepatch distributes with --dist loadgroup (one group per VM, its stages in order on "
+        "one worker): give -n N alone. Nothing was touched."
+    )
 
 
 def target_of(item: pytest.Item) -> Target | None:

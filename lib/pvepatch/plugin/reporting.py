@@ -8,6 +8,7 @@ under `--collect-only`.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +20,11 @@ from pvepatch.audit import html as html_report
 from pvepatch.audit.auditlog import AuditLog
 from pvepatch.audit.redact import REDACTOR_KEY, Redactor, redact_report
 from pvepatch.cycle.record import VMRecord
-from pvepatch.plugin.core import RUN_KEY, target_of
+from pvepatch.plugin.core import PAYLOAD, RUN_KEY, target_of
 from pvepatch.plugin.mode import stage_of, written_mode
 
 AUDIT_KEY = pytest.StashKey[AuditLog]()
+STEM_KEY = pytest.StashKey[Path]()  # the run's default file names, reserved: <stem>.jsonl etc.
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,47 +45,76 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     redactor = Redactor.for_run(os.environ, run.inventory.path)
     config.stash[REDACTOR_KEY] = redactor
-    config.pluginmanager.register(RedactPlugin(redactor, run.records), "pvepatch-redact")
+    redact = RedactPlugin(redactor, run.records)
+    config.pluginmanager.register(redact, "pvepatch-redact")
     _redact_metadata(config, redactor)
-    if config.option.collectonly:
-        return  # nothing runs, so nothing is recorded: no ledger, no transcripts, no index row
+    if config.option.collectonly or hasattr(config, "workerinput"):
+        # Nothing runs, so nothing is recorded; or an xdist worker, whose reports carry its
+        # records to the controller, which alone writes the ledger, transcripts and index.
+        return
     html_path = getattr(config.option, "htmlpath", None)
     ledger_path = _ledger_path(config, html_path)
     audit = AuditLog(config, run, ledger_path, html_path and Path(html_path), redactor)
     config.stash[AUDIT_KEY] = audit
-    config.pluginmanager.register(AuditPlugin(audit), "pvepatch-audit")
+    config.pluginmanager.register(AuditPlugin(audit, redact), "pvepatch-audit")
 
 
 def default_report_paths(config: pytest.Config, mode_hint: str) -> dict[str, str]:
     """Default pytest-html's `--html` (self-contained) and JUnit's `--junitxml` to
     `reports/pvepatch-<stamp>-<mode_hint>.html/.xml` in the directory pytest runs in, each only
-    when the user left it unset,
-    and neither under `--collect-only`. Returns what it set, by option name."""
-    if config.option.collectonly:
+    when the user left it unset, and neither under `--collect-only` nor in an xdist worker.
+    The name is reserved (see _reserve_stem): two runs started in the same second get two.
+    Returns what it set, by option name."""
+    if config.option.collectonly or hasattr(config, "workerinput"):
         return {}
-    stem = (
-        config.invocation_params.dir
-        / "reports"
-        / f"pvepatch-{dt.datetime.now():%Y%m%d-%H%M%S}-{mode_hint}"
-    )
     chosen = {}
-    if hasattr(config.option, "htmlpath") and not config.option.htmlpath:
-        config.option.htmlpath = chosen["htmlpath"] = str(stem.with_suffix(".html"))
-        config.option.self_contained_html = True
+    named = getattr(config.option, "htmlpath", None)  # the user's report: the rest goes beside it
+    if not named:
+        stem = _reserve_stem(config.invocation_params.dir / "reports", mode_hint)
+        config.stash[STEM_KEY] = stem
+        if hasattr(config.option, "htmlpath"):
+            config.option.htmlpath = chosen["htmlpath"] = str(stem.with_suffix(".html"))
+            config.option.self_contained_html = True
     if hasattr(config.option, "xmlpath") and not config.option.xmlpath:
-        beside = Path(config.option.htmlpath) if getattr(config.option, "htmlpath", None) else stem
+        beside = Path(named) if named else config.stash[STEM_KEY]
         config.option.xmlpath = chosen["xmlpath"] = str(beside.with_suffix(".xml"))
     return chosen
+
+
+def _stamp() -> str:
+    return f"{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _reserve_stem(directory: Path, mode: str) -> Path:
+    """`directory/pvepatch-<stamp>-<mode>`, or `pvepatch-<stamp>_<n>-<mode>` when another run
+    has it: the ledger `<stem>.jsonl` is created exclusively (O_EXCL), so of two runs started in
+    the same second each gets its own name, and no name of an existing report or JUnit file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = _stamp()
+    for n in itertools.count(1):
+        stem = directory / f"pvepatch-{stamp}{'' if n == 1 else f'_{n}'}-{mode}"
+        if any(stem.with_suffix(s).exists() for s in (".html", ".xml")):
+            continue
+        try:
+            os.close(
+                os.open(stem.with_suffix(".jsonl"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            )
+        except FileExistsError:
+            continue
+        return stem
+    raise AssertionError("unreachable")
 
 
 def _ledger_path(config: pytest.Config, html_path: str | None) -> Path:
     if config.getoption("ledger"):
         return Path(config.getoption("ledger")).resolve()
+    stem = config.stash.get(STEM_KEY, None)
+    if stem is not None:
+        return stem.with_suffix(".jsonl")  # reserved by default_report_paths
     if html_path:
         return Path(html_path).resolve().with_suffix(".jsonl")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    mode = written_mode(config)
-    return config.invocation_params.dir / "reports" / f"pvepatch-{stamp}-{mode}.jsonl"
+    stem = _reserve_stem(config.invocation_params.dir / "reports", written_mode(config))
+    return stem.with_suffix(".jsonl")
 
 
 def _redact_metadata(config: pytest.Config, redactor: Redactor) -> None:
@@ -110,7 +141,7 @@ class RedactPlugin:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
         report = yield
-        self._learn_from_commands()
+        self.learn_from_commands()
         redact_report(report, self.redactor)
         return report
 
@@ -120,7 +151,7 @@ class RedactPlugin:
         redact_report(report, self.redactor)
         return report
 
-    def _learn_from_commands(self) -> None:
+    def learn_from_commands(self) -> None:
         """Key blocks in any full command output recorded so far: a failure message shows only
         a tail of that output, which may hold key lines without the block's BEGIN line."""
         for vm, record in self.records.items():
@@ -135,38 +166,39 @@ class RedactPlugin:
 class AuditPlugin:
     """The per-run hooks, registered by pytest_configure when pvepatch is active."""
 
-    def __init__(self, audit: AuditLog):
-        self.audit = audit
+    def __init__(self, audit: AuditLog, redact: RedactPlugin):
+        self.audit, self.redact = audit, redact
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.audit.run_start(len(session.items))
+        self.audit.run_start(len(session.items))  # not on an xdist controller: it collects nothing
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.audit.collected = len(ids)  # every worker collects the same tests
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        """In the process that runs the tests: a stage starts before its first test's setup
+        (an interruption inside that setup still finds the stage open)."""
         key = _key(item)
         if key is not None:
             self.audit.test_starts(item.nodeid, key)
-        result = yield
-        if key is not None and (nextitem is None or _key(nextitem) != key):
-            self.audit.stage_ends(key)
-        return result
+        return (yield)
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
-        report = yield
-        key = _key(item)
-        if key is not None and report.when == "call":
-            links = self.audit.new_transcripts(key[0])
-            if links:
-                from pytest_html import extras
-
-                report.extras = getattr(report, "extras", []) + [
-                    extras.url(path, name=label) for label, path in links.items()
-                ]
-        return report
-
+    @pytest.hookimpl(tryfirst=True)  # before pytest-html and JUnit: the extras, the row's keys
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.audit.test_phase(report, _message(report))
+        """Every per-VM report, from this process or an xdist worker (whose VM record the
+        pvepatch plugin has taken from it by now): the ledger, stage results, transcripts."""
+        payload = getattr(report, PAYLOAD, None)
+        if not isinstance(payload, dict) or not payload["stage"]:
+            return
+        self.redact.learn_from_commands()
+        links = self.audit.test_phase(report, payload, _message(report))
+        if links:
+            from pytest_html import extras
+
+            links_extras = [extras.url(path, name=label) for label, path in links.items()]
+            report.extras = getattr(report, "extras", []) + links_extras  # type: ignore[attr-defined]
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
