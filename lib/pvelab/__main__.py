@@ -1,13 +1,15 @@
-"""`python -m pvelab up|down|status|reset|fault <name> <vm>|faults`: the lab's command line."""
+"""`python -m pvelab up|down|status|reset|fault <name> <vm>|faults|sample`: the lab's CLI."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pvelab.fleet import sampler
 from pvelab.fleet.faults import FAULTS
 from pvelab.fleet.lab import Lab
 from pvelab.paths import LabPaths
@@ -33,7 +35,26 @@ def parser() -> argparse.ArgumentParser:
     fault.add_argument("name", choices=sorted(FAULTS))
     fault.add_argument("vm")
     sub.add_parser("faults", help="list the faults")
+    sample = sub.add_parser("sample", help="sample which VMs are down until SIGTERM/SIGINT")
+    sample.add_argument("--interval", type=float, default=0.5, help="seconds between rounds")
+    sample.add_argument("--out", required=True, help="JSON-lines file, one line per round")
+    sample.add_argument("--vms", help="comma-separated VM names (default $PVELAB_VMS or all)")
     return p
+
+
+def run_sampler(lab: Lab, args: argparse.Namespace) -> None:
+    """Sample until SIGTERM or SIGINT, then print the summary (the file has every round)."""
+    probe = sampler.LabProbe.of(lab, args.vms, args.interval)
+    with open(args.out, "w") as out:
+        run = sampler.Sampler(probe, args.interval, out)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: run.stopping.set())
+        try:
+            run.run()
+        finally:
+            probe.close()
+    for line in run.samples.summary():
+        print(line)
 
 
 def print_status(status: dict) -> None:
@@ -79,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for fault in FAULTS.values():
                 scope = "guest" if fault.guest_script else "host"
                 print(f"{fault.name:<16} {scope:<6} {fault.summary}")
+        elif args.command == "sample":
+            run_sampler(lab, args)
     except LabError as exc:
         print(f"pvelab {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ CONF = "name: pbs\nagent: 1\nmemory: 384\n"
 def test_every_fault_is_listed() -> None:
     assert set(faults.FAULTS) == {
         "agent-missing", "virtio-missing", "sshd-broken", "lock-backup",
-        "ignore-shutdown", "dns-down", "dpkg-lock", "dpkg-halfconf",
+        "ignore-shutdown", "dns-down", "dpkg-lock", "dpkg-halfconf", "slow-shutdown",
     }  # fmt: skip
 
 
@@ -71,6 +71,17 @@ def test_dpkg_halfconf_unpacks_without_configuring() -> None:
     assert "apt-get download pvelab-halfconf" in script
     assert "dpkg --unpack" in script
     assert "--configure" not in script
+
+
+def test_slow_shutdown_stop_sleeps_past_90_s_and_systemd_waits_for_it() -> None:
+    script = faults.get("slow-shutdown").guest_script
+    assert faults.SLOW_SHUTDOWN_SECONDS > 90
+    assert f"ExecStop=/bin/sleep {faults.SLOW_SHUTDOWN_SECONDS}\n" in script
+    stop_timeout = int(script.split("TimeoutStopSec=")[1].split()[0])
+    assert stop_timeout > faults.SLOW_SHUTDOWN_SECONDS  # systemd must not cut the sleep short
+    assert "RemainAfterExit=yes" in script  # active now, so the next shutdown stops it
+    assert "WantedBy=multi-user.target" in script  # and again after every boot
+    assert "systemctl enable --now pvelab-slow-shutdown.service" in script
 
 
 def test_unknown_fault_names_the_known_ones() -> None:

@@ -51,6 +51,7 @@ def test_pihole_group_has_dns_ports_and_names(inv: dict) -> None:
         "pihole_blocked_name": "ads.example.com",
         "pihole_service": "dnsmasq",
         "pihole_dns_protocol": "tcp",
+        "pvepatch_redundancy_group": "pihole",
     }
 
 

@@ -358,6 +358,36 @@ def test_shutdown_acpi_without_os_times_out_and_vm_keeps_running(running: Qm) ->
     assert running("status", 900).stdout == "status: running\n"
 
 
+def test_shutdown_during_a_shutdown_fails_on_the_config_lock(running: Qm) -> None:
+    """PVE: a running `qm shutdown` holds the config flock for its whole wait, so a second one
+    waits 10 s for it and fails (the first goes on)."""
+    env = {**os.environ, "PYTHONPATH": LIB, "PVELAB_ACCEL": "tcg"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pvelab.pve.qm", "--lab", str(running.paths.root),
+         "shutdown", "900", "--timeout", "60"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        marker = running.paths.lock_dir / "qmshutdown-900.task"
+        deadline = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        began = time.monotonic()
+        second = running("shutdown", 900, "--timeout", 5)
+        waited = time.monotonic() - began
+        assert first.poll() is None  # the first shutdown still waits for the guest
+    finally:
+        first.terminate()
+        first.communicate(timeout=10)
+    assert 10 <= waited < 15
+    assert (second.returncode, second.stderr) == (
+        255, f"can't lock file '{running.paths.lockfile(900)}' - got timeout\n",
+    )  # fmt: skip
+    # the task log (stdout) has the notice; PVE's line end after it is not pinned down
+    assert second.stdout.rstrip("\n") == "trying to acquire lock..."
+    assert running("status", 900).stdout == "status: running\n"
+
+
 def test_shutdown_force_stop_terminates(running: Qm) -> None:
     result = running("shutdown", 900, "--timeout", 1, "--forceStop", 1)
     assert result.returncode == 0

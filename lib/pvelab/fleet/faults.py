@@ -103,6 +103,34 @@ dpkg --audit || true
 
 DPKG_LOCK_SECONDS = 75
 
+# A unit started now and at every boot whose ExecStop sleeps: every shutdown from now on (the
+# agent's guest-shutdown or the ACPI power button) waits for it before the guest powers off.
+# systemd's default 90 s stop timeout would cut the sleep short, hence TimeoutStopSec above it.
+SLOW_SHUTDOWN = """\
+set -e
+cat > /etc/systemd/system/pvelab-slow-shutdown.service <<'EOF'
+# pvelab fault slow-shutdown: the guest takes ~{seconds} s to power off from the next shutdown on
+[Unit]
+Description=pvelab fault slow-shutdown (stopping takes {seconds} s)
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+ExecStop=/bin/sleep {seconds}
+TimeoutStopSec={stop_timeout}
+
+[Install]
+WantedBy=multi-user.target
+EOF
+systemctl daemon-reload
+systemctl enable --now pvelab-slow-shutdown.service
+systemctl is-active --quiet pvelab-slow-shutdown.service
+"""
+
+# Longer than 90 s, so a restart that stops waiting at 90 s is caught.
+SLOW_SHUTDOWN_SECONDS = 110
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -131,6 +159,9 @@ FAULTS: dict[str, Fault] = {
               DPKG_LOCK.format(seconds=DPKG_LOCK_SECONDS)),
         Fault("dpkg-halfconf", "pvelab-halfconf unpacked, not configured (dpkg --audit)",
               DPKG_HALFCONF),
+        Fault("slow-shutdown", f"guest takes ~{SLOW_SHUTDOWN_SECONDS} s to power off (a unit's ExecStop sleeps)",
+              SLOW_SHUTDOWN.format(seconds=SLOW_SHUTDOWN_SECONDS,
+                                   stop_timeout=SLOW_SHUTDOWN_SECONDS + 120)),
     )
 }  # fmt: skip
 

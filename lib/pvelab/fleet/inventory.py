@@ -19,10 +19,13 @@ PIHOLE_VARS = {
     # UDP replies, so the lab's Pi-holes are queried over TCP (real DNS, the same dnsmasq).
     "pihole_dns_protocol": "tcp",
 }
+# The two Pi-holes serve the same clients: pvepatch never has both down at once.
+REDUNDANCY_VARS = {"pvepatch_redundancy_group": "pihole"}
 
 
 def build(paths: LabPaths, base: int, vms: Iterable[VM] = FLEET) -> dict[str, Any]:
-    """The inventory as a dict: groups proxmox, ubuntu_vms (every VM), pihole (DNS role)."""
+    """The inventory as a dict: groups proxmox, ubuntu_vms (every VM), pihole (DNS role and
+    redundancy group)."""
     vms = list(vms)
     guests = {
         vm.name: {
@@ -48,7 +51,7 @@ def build(paths: LabPaths, base: int, vms: Iterable[VM] = FLEET) -> dict[str, An
                     "hosts": {PVE_HOST: {"ansible_host": "127.0.0.1", "ansible_port": base}}
                 },
                 "ubuntu_vms": {"hosts": guests},
-                "pihole": {"hosts": piholes, "vars": dict(PIHOLE_VARS)},
+                "pihole": {"hosts": piholes, "vars": {**PIHOLE_VARS, **REDUNDANCY_VARS}},
             },
         }
     }
