@@ -113,6 +113,7 @@ class Restart:
             # also start the VM again (and a VM left stopped must be reported).
             self.fleet.down[name] = "shut down by this run for its restart"
             if not self._take_down():
+                self._bring_back_if_stopped(wait=False)  # qm has waited its timeout already
                 return False
             if self.options.restart_pause:
                 time.sleep(self.options.restart_pause)
@@ -389,41 +390,60 @@ class Restart:
         except PvepatchError as exc:
             return f"unknown ({str(exc).splitlines()[0]})"
 
-    def _bring_back_if_stopped(self) -> None:
-        """Interrupted (or cut off) between the shutdown and the start: start the VM again
-        rather than leave it down, or, when it cannot be known, leave it reported as down."""
-        outcome, name, vmid = self.outcome, self.target.name, self.target.vmid
-        if name not in self.fleet.down or self.proof is None:
-            return
-        if "start_sent" in outcome.times and self._status() == "running":
-            return  # started by this run already
+    def _known_status(self, timeout: float = 60.0) -> str:
+        """`qm status`, asked again while it is unknown (the host unreachable for a moment)."""
+
+        def known() -> str | None:
+            status = self._status()
+            return None if status.startswith("unknown") else status
+
         try:
-            # A shutdown sent before the interruption goes on inside the guest even though our
-            # `qm shutdown` was cut off: wait for it to the end of its timeout, saying so.
-            wait_for(
-                f"the shutdown of VM {vmid} that was under way",
-                lambda: self._status() != "running",
-                timeout=self.options.shutdown_timeout + 30,
+            return wait_for(
+                f"the status of VM {self.target.vmid}",
+                known,
+                timeout=timeout,
                 interval=2,
                 progress=self.cycle.progress,
             )
         except PvepatchError:
-            self._uncertain = (
-                f"its shutdown was under way when the run was interrupted and it was still "
-                f"running {self.options.shutdown_timeout + 30} s later: check it (qm status "
-                f"{vmid}) and start it if it stopped"
-            )
-            outcome.errors["interrupted"] = f"run interrupted; {self._uncertain}"
+            return self._status()
+
+    def _bring_back_if_stopped(self, wait: bool = True) -> None:
+        """Cut off between the shutdown and the start, or a shutdown that failed: start the VM
+        again rather than leave it down, or, when it cannot be known, leave it reported as down.
+        `wait`: our `qm shutdown` was cut off, so the shutdown may still be under way in the
+        guest: wait for it to the end of its timeout first (qm waited it out otherwise)."""
+        outcome, name, vmid = self.outcome, self.target.name, self.target.vmid
+        if name not in self.fleet.down or self.proof is None:
             return
+        if "start_sent" in outcome.times and self._known_status() == "running":
+            return  # started by this run already
+        limit = self.options.shutdown_timeout + 30
+        try:
+            if wait:
+                wait_for(
+                    f"the shutdown of VM {vmid} that was under way",
+                    lambda: self._status() != "running",
+                    timeout=limit,
+                    interval=2,
+                    progress=self.cycle.progress,
+                )
+        except PvepatchError:
+            self._uncertain = (
+                f"its shutdown was under way when the restart was cut off and it was still "
+                f"running {limit} s later: check it (qm status {vmid}) and start it if it stopped"
+            )
+            outcome.errors["brought_back"] = self._uncertain
+            return
+        if self._known_status() == "running":
+            return  # the shutdown never took: the guest still runs (reported as it is)
         try:
             proof = prove_stopped_by_us(self.qm, self.target.proxmox.name, self.proof)
             self.cycle.note("qm start", proof)
             result = self.qm.start(proof, skiplock=self.options.skiplock)
-            outcome.errors["interrupted"] = (
-                f"run interrupted; VM started again (qm start rc={result.rc})"
-            )
+            outcome.errors["brought_back"] = f"VM started again (qm start rc={result.rc})"
         except PvepatchError as exc:
-            outcome.errors["interrupted"] = f"run interrupted; starting the VM again failed: {exc}"
+            outcome.errors["brought_back"] = f"starting the VM again failed: {exc}"
 
     def _note_if_left_stopped(self) -> None:
         name = self.target.name
