@@ -9,6 +9,8 @@ pytestmark = [pytest.mark.stage("restart"), pytest.mark.patch]
 def restart(record, cycle):
     """Shuts the VM down through qm, starts it, waits for it (once per VM)."""
     record.restart = record.once("restart", cycle.restart)
+    if record.restart.skipped:
+        pytest.skip(record.restart.skipped)  # --reboot if-required/never, with its reason
     return record.restart
 
 

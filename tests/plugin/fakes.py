@@ -166,9 +166,9 @@ class FakeFleet:
         words = shlex.split(command)
         verb = words[-1] if words[-1] in {"update", "dist-upgrade", "autoremove"} else None
         if verb == "dist-upgrade":
+            vm.reboot_required = vm.reboot_required or bool(vm.updates)
             vm.packages.update(vm.updates)
             vm.updates = {}
-            vm.reboot_required = True
         elif "install" in words and "qemu-guest-agent" in words:
             vm.agent_installed = True
         return _ok("Reading package lists...\n")

@@ -189,7 +189,14 @@ class VMCycle:
     # --- what the VM is now (read-only) --------------------------------------------------------
     def restart(self) -> RestartOutcome:
         """The restart through Proxmox (pvepatch.cycle.restart)."""
-        return Restart(self).run()
+        outcome = Restart(self).run()
+        if outcome.skipped and "STILL NEEDS A REBOOT" in outcome.skipped:
+            self.record.notes.append(outcome.skipped)
+        why = self.fleet.stop_reason()
+        if why and "shutdown_sent" in outcome.times:
+            state = "healthy again" if "healthy" in outcome.times else "NOT healthy"
+            self.record.notes.append(f"{why} during its restart: the restart was finished, {state}")
+        return outcome
 
     def identity(self) -> Identity:
         """The guest's boot and kernel, the hypervisor's QEMU process and its uptime, now."""
