@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -58,3 +59,23 @@ def run_pvepatch(inventory: Path, *args: str, workdir: Path, timeout: float = 18
                     messages[name] = (child.get("message") or "") + "\n" + (child.text or "")
             outcomes[name] = outcome
     return PvepatchRun(proc.returncode, output, outcomes, messages)
+
+
+def start_pvepatch(inventory: Path, workdir: Path, *args: str) -> subprocess.Popen:
+    """pvepatch in its own process group, as a terminal starts it (Ctrl-C hits the group)."""
+    cmd = [sys.executable, "-m", "pytest", f"--inventory={inventory}", "-p", "no:cacheprovider",
+           f"--junitxml={workdir / 'junit.xml'}", "-rfEs", *args]  # fmt: skip
+    return subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT / "lib")},
+    )
+
+
+def calls_of(log: list[dict], verb: str, vmid: int) -> list[dict]:
+    """The stand-in qm's calls of `verb` on `vmid` in `log` (Lab.qm_log() entries)."""
+    return [c for c in log if c["argv"][:2] == [verb, str(vmid)]]

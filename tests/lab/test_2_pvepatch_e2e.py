@@ -14,11 +14,13 @@ import pytest
 import yaml
 from pvelab.fleet.lab import Lab
 from pvelab.fleet.roster import by_name
-from pvepatch_runner import PvepatchRun, run_pvepatch
+from pvelab.fleet.sampler import sampling
+from pvepatch_runner import PvepatchRun, calls_of, run_pvepatch, start_pvepatch
 
 pytestmark = pytest.mark.lab
 
 FLEET = {"pbs": 101, "pihole": 102, "pihole-backup": 103, "ca": 104, "grafana": 105}
+PIHOLES = ["pihole", "pihole-backup"]
 READ_ONLY_QM = {"status", "config", "list", "guest", "agent"}
 MUTATING_QM = {"start", "stop", "shutdown", "reboot", "set", "unlock"}
 TIMINGS: dict[str, float] = {}
@@ -130,7 +132,67 @@ def test_verify_after_patch_is_read_only(lab, workdir):
         assert "test_dns_resolves" in result.of_vm(vm) or vm not in {"pihole", "pihole-backup"}
 
 
-# --- 2. bad input and wrong bindings -----------------------------------------------------------
+# --- 2. the fleet at once: pytest-xdist workers and two runs under one down budget ----------------
+# Down is sampled every half second by the lab itself (pvelab.fleet.sampler: QEMU running and sshd
+# answering), independently of what pvepatch believes. The fleet is patched already: these runs
+# restart every VM (one restart per VM per run) and change no package.
+
+
+def test_verify_in_parallel_is_read_only(lab, workdir):
+    mark = len(lab.qm_log())
+    result = run_pvepatch(lab.inventory_path, "-m", "verify", "-n", "5", workdir=workdir)
+    assert result.rc == 0, result.output[-3000:]
+    assert "mutating commands sent: 0" in result.output
+    new = qm_calls(lab, mark)
+    assert new and {c["argv"][0] for c in new} <= READ_ONLY_QM, {c["argv"][0] for c in new}
+    assert all(result.failed(vm) == set() for vm in FLEET)
+
+
+@pytest.mark.parametrize("budget", [2, 1])
+def test_parallel_patch_never_exceeds_the_budget(lab, workdir, budget):
+    mark = len(lab.qm_log())
+    with sampling(lab, 0.5) as samples:
+        began = time.monotonic()
+        result = run_pvepatch(
+            lab.inventory_path, "-m", "patch", "-n", "5", "--max-down", str(budget),
+            workdir=workdir,
+        )  # fmt: skip
+        took = time.monotonic() - began
+    print(f"TIMING patch -n 5 --max-down {budget}: {took:.0f} s; " + "; ".join(samples.summary()))
+    assert result.rc == 0, result.output[-4000:]
+    for vm, vmid in FLEET.items():
+        assert result.failed(vm) == set(), (vm, result.of_vm(vm))
+        assert len(calls_of(lab.qm_log()[mark:], "shutdown", vmid)) == 1, vm  # one restart per VM
+        assert len(calls_of(lab.qm_log()[mark:], "start", vmid)) == 1, vm
+    assert 0 < samples.max_down() <= budget, samples.summary()
+    assert not samples.ever_down_together(PIHOLES), samples.summary()
+    assert "pvepatch" in result.output and "5 workers" in result.output
+
+
+def test_two_runs_at_once_share_the_budget(lab, tmp_path):
+    """Two controllers against the same Proxmox host, each with --max-down 1: together never
+    more than one VM down, and the Pi-hole pair (split between the runs) never both."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    with sampling(lab, 0.5) as samples:
+        first = start_pvepatch(
+            lab.inventory_path, one, "-m", "patch", "--limit", "pbs,pihole,ca", "-n", "3"
+        )
+        second = start_pvepatch(
+            lab.inventory_path, two, "-m", "patch", "--limit", "pihole-backup,grafana", "-n", "2"
+        )
+        out_first, _ = first.communicate(timeout=1500)
+        out_second, _ = second.communicate(timeout=1500)
+    print(out_first[-3000:], out_second[-3000:], "; ".join(samples.summary()), sep="\n")
+    assert first.returncode == 0 and second.returncode == 0
+    assert samples.max_down() == 1, samples.summary()
+    assert not samples.ever_down_together(PIHOLES), samples.summary()
+    # one of them waited for the other, and said who held the slot
+    assert "waiting for a down slot" in out_first + out_second
+    assert "pve: 1 of 1 down" in out_first + out_second
+
+
+# --- 3. bad input and wrong bindings -----------------------------------------------------------
 
 
 def edited_inventory(lab: Lab, workdir: Path, name: str, edit) -> Path:
@@ -222,7 +284,9 @@ def test_faults_fail_only_their_vm(lab, workdir):
     lab.fault("sshd-broken", "grafana")
     mark = len(lab.qm_log())
 
-    result = patch(lab, workdir, "--boot-timeout", "150")
+    # --max-down 2: pihole, whose DNS stays down after its restart, counts as down until the
+    # run ends; grafana still gets its restart beside it
+    result = patch(lab, workdir, "--boot-timeout", "150", "--max-down", "2")
 
     assert result.rc != 0
     # agent missing: installed, enabled in the config, and the VM passes
@@ -236,8 +300,15 @@ def test_faults_fail_only_their_vm(lab, workdir):
         "test_dns_blocks",
         "test_dns_service_active",
     }
-    # dpkg lock held by another process: the patch waits for it and the VM passes; its DNS answers
-    assert result.failed("pihole-backup") == set(), result.of_vm("pihole-backup")
+    # dpkg lock held by another process: the patch waits for it; but its redundancy partner
+    # pihole does not serve DNS, so it is not taken down (checked right before the shutdown)
+    assert result.failed("pihole-backup") == {"test_restart_allowed"}, result.of_vm("pihole-backup")
+    assert "redundancy partner pihole is not healthy" in result.message(
+        "test_restart_allowed", "pihole-backup"
+    )
+    assert not qm_calls(lab, mark, MUTATING_QM, 103)
+    rc, out, _ = lab.guest_run("pihole-backup", "dpkg --audit; echo audit-rc=$?")
+    assert out.strip() == "audit-rc=0"  # its patch finished cleanly
     # lock: backup: refused, no shutdown on the host
     assert "test_vm_not_locked" in result.failed("ca")
     assert not qm_calls(lab, mark, MUTATING_QM, 104)

@@ -35,7 +35,7 @@ umask 077
 mkdir -p "$dir" || { echo "ERROR cannot create $dir"; exit 70; }
 exec 9>>"$dir/admit.lock" || { echo "ERROR cannot open $dir/admit.lock"; exit 70; }
 flock -w 20 9 || { echo "ERROR $dir/admit.lock stayed busy for 20 s"; exit 71; }
-who() { tr -d '\n' < "$1.who" 2>/dev/null || printf 'unknown holder'; }
+who() { if [ -r "$1.who" ]; then tr -d '\n' < "$1.who"; else printf 'a holder'; fi; }
 busy=""
 if [ -n "$group" ]; then
   exec 7>>"$dir/group-$group" || { echo "ERROR cannot open $dir/group-$group"; exit 70; }
@@ -113,6 +113,10 @@ class SlotTable:
         args = (SLOT_SCRIPT, self.directory, budget, group or "", _one_line(holder))
         held = self.opener(SLOT_COMMAND, args)
         line = held.readline(timeout=60.0)
+        noise = []  # what a login shell or a warning printed before the script's answer
+        while line is not None and not line.startswith(("HELD ", "BUSY ", "ERROR ")):
+            noise.append(line)
+            line = held.readline(timeout=60.0) if len(noise) < 20 else None
         if line is not None and line.startswith("HELD "):
             _, name, before = (line.split() + ["", ""])[:3]
             return Slot(self.place, name, int(before) if before.isdigit() else 0, held)
@@ -121,7 +125,7 @@ class SlotTable:
             return Busy(self.place, line[5:].strip())
         raise SlotError(
             f"cannot take a down slot in {self.directory} on {self.place}: "
-            f"{(line or 'no answer').strip()}"
+            f"{(line or ' / '.join(noise) or 'no answer').strip()}"
         )
 
 
