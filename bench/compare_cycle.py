@@ -78,9 +78,13 @@ def main() -> None:
     base, cur = results["baseline"], results["current"]
     print(f"\n| | baseline {commit} | current {current} |\n|---|---|---|")
     for key in ("patch", "verify"):
-        print(f"| `pytest -m {key}`, 5 VMs | {base[key]['s']} s ({base[key]['summary']}) "  # type: ignore[index]
-              f"| {cur[key]['s']} s ({cur[key]['summary']}) |")  # type: ignore[index]
-    print(f"| qm calls in the patch run | {base['qm_calls_in_patch']} | {cur['qm_calls_in_patch']} |")  # type: ignore[index]
+        print(
+            f"| `pytest -m {key}`, 5 VMs | {base[key]['s']} s ({base[key]['summary']}) "  # type: ignore[index]
+            f"| {cur[key]['s']} s ({cur[key]['summary']}) |"
+        )  # type: ignore[index]
+    print(
+        f"| qm calls in the patch run | {base['qm_calls_in_patch']} | {cur['qm_calls_in_patch']} |"
+    )  # type: ignore[index]
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def test_ctrl_c_inside_a_slow_shutdown_leaves_every_vm_running(flab, workdir):
     assert "interrupted (SIGINT) during its restart: the restart was finished, healthy again" in (
         output
     )
-    assert "grafana (VM 105 on pve): NOT STARTED" in output
+    assert (
+        "grafana (VM 105 on pve): NOT STARTED (not restarted: run interrupted (SIGINT))" in output
+    )
 
 
 def _shutting_down(lab: Lab, vmid: int) -> bool:

@@ -192,6 +192,8 @@ class VMCycle:
         outcome = Restart(self).run()
         if outcome.skipped and "STILL NEEDS A REBOOT" in outcome.skipped:
             self.record.notes.append(outcome.skipped)
+        if outcome.skipped and outcome.skipped.startswith("not restarted: "):
+            self.record.not_started = outcome.skipped  # the run stopped while it waited
         why = self.fleet.stop_reason()
         if why and "shutdown_sent" in outcome.times:
             state = "healthy again" if "healthy" in outcome.times else "NOT healthy"

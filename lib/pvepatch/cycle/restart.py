@@ -70,7 +70,11 @@ class Restart:
         try:
             slots = self._take_slots()
         except PvepatchError as exc:
-            outcome.refused = one_line(exc)
+            why = self.fleet.stop_reason()
+            if why:  # interrupted or halted while it waited: not a failure of this VM
+                outcome.skipped = f"not restarted: {why}"
+            else:
+                outcome.refused = one_line(exc)
             return outcome
         healthy = False
         try:
