@@ -49,6 +49,8 @@ def run(lab: Lab, args: list[str]) -> dict:
     ledger = next((workdir / "reports").glob("*.jsonl"))
     records = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
     apt = restart = 0.0
+    seen_after: dict[str, float] = {}  # pvepatch's "SSH back" minus the sampler's "up again"
+    intervals = samples.down_intervals()
     for r in records:
         if r["type"] != "stage":
             continue
@@ -57,6 +59,14 @@ def run(lab: Lab, args: list[str]) -> dict:
         if r["stage"] == "restart":
             events = {e["event"]: e["after_s"] for e in r["facts"]["restart"]["events"]}
             restart += events.get("ssh_back", 0.0)
+            back = next(
+                (e["time"] for e in r["facts"]["restart"]["events"] if e["event"] == "ssh_back"),
+                None,
+            )
+            ends = [i.end for i in intervals.get(r["vm"], []) if not i.open]
+            if back and ends:
+                seen = dt.datetime.fromisoformat(back).timestamp()
+                seen_after[r["vm"]] = round(seen - min(ends, key=lambda e: abs(e - seen)), 2)
     return {
         "args": args,
         "rc": proc.returncode,
@@ -65,6 +75,7 @@ def run(lab: Lab, args: list[str]) -> dict:
         "apt_s": round(apt, 1),
         "shutdown_to_ssh_s": round(restart, 1),
         "max_down": samples.max_down(),
+        "ssh_seen_after_sampler_s": seen_after,
         "piholes_down_together": samples.ever_down_together(["pihole", "pihole-backup"]),
         "tail": proc.stdout[-600:],
     }

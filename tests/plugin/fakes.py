@@ -296,6 +296,21 @@ class FakeTransport:
         pass
 
 
+# The inventory of standard_fleet(): pve and three VMs (nothing ever connects to its addresses)
+STANDARD_INVENTORY = """
+all:
+  children:
+    proxmox:
+      hosts:
+        pve: {ansible_host: 127.0.0.1, ansible_port: 2200}
+    ubuntu_vms:
+      hosts:
+        pbs: {ansible_host: 127.0.0.1, ansible_port: 2201, vmid: 101, proxmox_host: pve}
+        pihole: {ansible_host: 127.0.0.1, ansible_port: 2202, vmid: 102, proxmox_host: pve}
+        pihole-backup: {ansible_host: 127.0.0.1, ansible_port: 2203, vmid: 103, proxmox_host: pve}
+"""
+
+
 def standard_fleet() -> FakeFleet:
     names = ["pbs", "pihole", "pihole-backup"]
     return FakeFleet(

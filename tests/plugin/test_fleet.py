@@ -14,18 +14,7 @@ from pvepatch.cycle.slots import SlotTable, local_opener
 
 pytest_plugins = ["pytester"]
 
-INVENTORY = """
-all:
-  children:
-    proxmox:
-      hosts:
-        pve: {ansible_host: 127.0.0.1, ansible_port: 2200}
-    ubuntu_vms:
-      hosts:
-        pbs: {ansible_host: 127.0.0.1, ansible_port: 2201, vmid: 101, proxmox_host: pve}
-        pihole: {ansible_host: 127.0.0.1, ansible_port: 2202, vmid: 102, proxmox_host: pve}
-        pihole-backup: {ansible_host: 127.0.0.1, ansible_port: 2203, vmid: 103, proxmox_host: pve}
-"""
+INVENTORY = fakes.STANDARD_INVENTORY
 PAIRED = INVENTORY.replace(
     "vmid: 102, proxmox_host: pve}", "vmid: 102, proxmox_host: pve, pvepatch_redundancy_group: dns}"
 ).replace(

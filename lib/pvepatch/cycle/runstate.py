@@ -8,6 +8,7 @@ processes read it without any server: `interrupted` (why), `failed/<vm>`, `done/
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote as _quote
 
 from pvepatch.cycle.slots import SlotTable, local_opener
@@ -30,6 +32,7 @@ class RunState:
     canaries: tuple[str, ...] = ()
     owner: bool = False  # the controller removes the directory at the end
     run_id: str = field(init=False)
+    _work: IO[str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.run_id = self.directory.name.removeprefix("pvepatch-run-")
@@ -130,14 +133,36 @@ class RunState:
                 said = time.monotonic()
             time.sleep(interval)
 
+    # --- workers: a VM left down keeps its slots until every worker is done ---------------
+    def working(self) -> None:
+        """This process runs tests (a shared lock, released by the kernel if it dies)."""
+        self._work = (self.directory / "workers.lock").open("a")
+        fcntl.flock(self._work, fcntl.LOCK_SH)
+
+    def done_working(self, wait: bool, progress: Callable[[str], None]) -> None:
+        """This process ran its tests. `wait` (it holds slots of VMs not back healthy): wait
+        until no other worker of the run runs tests any more (a dead one counts as done), so
+        those slots last until the run ends, not just until this worker has no more work."""
+        work, self._work = self._work, None
+        if work is None:
+            return
+        fcntl.flock(work, fcntl.LOCK_UN)
+        if wait:
+            try:
+                fcntl.flock(work, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                progress(
+                    "keeping the down slots of VMs not back healthy until every worker is done"
+                )
+                fcntl.flock(work, fcntl.LOCK_EX)
+        work.close()
+
     # --- the run's own down slots ----------------------------------------------------------
     def slots(self) -> SlotTable:
         return SlotTable("this run", str(self.directory / "slots"), local_opener)
 
     def down_now(self) -> list[str]:
         """Who holds the run's slots now (for the interrupt message)."""
-        import fcntl
-
         holders = []
         for path in sorted((self.directory / "slots").glob("slot-*")):
             if path.suffix == ".who":

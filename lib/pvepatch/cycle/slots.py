@@ -23,7 +23,7 @@ from pvepatch.errors import PvepatchError
 from pvepatch.transport.command import Held, quote
 
 # How many slot files are scanned: the largest --max-down any run may use.
-MAX_SLOTS = 64
+MAX_SLOTS = 16
 BUSY_EXIT = 75  # EX_TEMPFAIL
 HOST_SLOT_DIR = "/run/lock/pvepatch"
 
@@ -49,6 +49,7 @@ while [ "$i" -lt @MAX@ ]; do
   else
     held=$((held + 1))
     holders="$holders; $(who "$dir/slot-$i")"
+    [ "$held" -ge "$budget" ] && break
   fi
   i=$((i + 1))
 done
@@ -138,7 +139,7 @@ def take(
     progress: Callable[[str], None],
     stop: Callable[[], str | None] = lambda: None,
     every: float = 30.0,
-    interval: float = 1.0,
+    interval: float = 2.0,
 ) -> Slot:
     """Wait (saying for what and who holds it, every `every` s) until a slot is admitted, up to
     `timeout` s; raise SlotError naming the holders then, or when `stop()` gives a reason."""

@@ -310,6 +310,8 @@ class PvepatchPlugin:
             return
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+        if self.fleet.runstate is not None and hasattr(self.config, "workerinput"):
+            self.fleet.runstate.working()  # see pytest_sessionfinish
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -329,6 +331,10 @@ class PvepatchPlugin:
         self.say("down now: " + ("; ".join(down) if down else "none"))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        runstate = self.fleet.runstate
+        if runstate is not None:
+            # a VM that did not come back holds its slots until the RUN ends, not this worker
+            runstate.done_working(bool(self.fleet.held), self.say)
         self.fleet.release_all()
         self.connections.close_all()
         workeroutput = getattr(self.config, "workeroutput", None)
@@ -384,6 +390,22 @@ class PvepatchPlugin:
                 line(f"    refused {refusal}", yellow=True)
             for note in record.notes if record else []:
                 line(f"    note: {note}")
+        for target in self.inventory.targets:
+            restart = getattr(self.records.get(target.name), "restart", None)
+            if (
+                restart is not None
+                and "shutdown_sent" in restart.times
+                and "healthy" not in restart.times
+                and target.name not in self.fleet.down
+                and restart.stopped
+            ):
+                line(
+                    f"!!! VM {target.name} did not come back healthy after its restart "
+                    f"({restart.reason('ssh_back', 'port_back', 'agent_back', 'dns_back')}); it "
+                    "counted as down until the run ended: check it",
+                    red=True,
+                    bold=True,
+                )
         for name, why in self.fleet.down.items():
             line(
                 f"!!! VM {name} IS NOT RUNNING: {why}. Start it: qm start "
