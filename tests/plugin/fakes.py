@@ -47,6 +47,7 @@ class FakeVM:
     reboot_required: bool = False
     guest_mac: str | None = None  # set to simulate an inventory pointing at another guest
     agent_name: str | None = None  # the host name the agent reports, when not the VM's name
+    status_unknown: int = 0  # `qm status` fails this many times while the VM is stopped
     apt_running: bool = False  # an apt/dpkg process runs in the guest (pgrep finds it)
     newest_kernel: str | None = None  # the newest /boot/vmlinuz-*, when not the running one
 
@@ -202,6 +203,9 @@ class FakeFleet:
             return _ok(
                 "", 2, f"Configuration file 'nodes/pve/qemu-server/{vmid}.conf' does not exist\n"
             )
+        if verb == "status" and vm.status_unknown and not vm.running:
+            vm.status_unknown -= 1  # the host does not answer for a moment (pmxcfs restarting)
+            return _ok("", 255, "ipcc_send_rec[1] failed: Connection refused\n")
         if verb == "status":
             if "--verbose" in words:
                 lines = [

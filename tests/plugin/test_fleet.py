@@ -166,3 +166,13 @@ def test_bad_fleet_options_are_usage_errors(pytester, fleet, option, value):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*pvepatch: {option}*"])
     assert fleet.commands == []
+
+
+def test_an_unknown_status_after_the_shutdown_is_asked_again(pytester, fleet):
+    """`qm status` fails three times once the VM is stopped: asked again, the VM is started
+    and passes (a start is always attempted when it is not known to be running)."""
+    fleet.vms["pbs"].status_unknown = 3
+    result = run(pytester, fleet, INVENTORY, "-m", "patch", "--limit", "pbs")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert fleet.vms["pbs"].running and fleet.vms["pbs"].pid == 1001
+    assert fleet.vms["pbs"].status_unknown == 0
