@@ -175,6 +175,14 @@ def test_a_vm_left_down_on_a_worker_is_loud_on_the_controller(suite, monkeypatch
     assert end["vms"]["pihole"]["verdict"] == "left down"
 
 
+def test_a_workers_progress_reaches_the_controllers_terminal(suite):
+    """Workers' output is not shown by xdist: their waits are relayed by the controller. Here the
+    non-canary VMs wait for the canary pbs (on another worker), and say so."""
+    result, html = run(suite, "canary", "-m", "patch", "-n", "2", "--canary", "1")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["pvepatch: pihole*: waiting for the canary VM(s) pbs to pass"])
+
+
 @pytest.mark.parametrize("dist", ["each", "loadscope", "loadfile", "worksteal"])
 def test_other_dist_modes_are_refused_before_anything_is_touched(suite, dist):
     result, html = run(suite, "refused", "-m", "patch", "-n", "2", "--dist", dist)

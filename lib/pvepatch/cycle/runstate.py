@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,6 +133,34 @@ class RunState:
                 progress(f"{vm}: waiting for the canary VM(s) {', '.join(waiting)} to pass")
                 said = time.monotonic()
             time.sleep(interval)
+
+    # --- progress lines of xdist workers, shown by the controller ---------------------------
+    def tell(self, line: str) -> None:
+        """A worker's progress line, for the controller to print (one small O_APPEND write)."""
+        fd = os.open(self.directory / "progress.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, (line.replace("\n", " ") + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def relay(self, say: Callable[[str], None], stop: threading.Event) -> None:
+        """Print the workers' progress lines as they come, until `stop` is set (then the rest)."""
+        offset = 0
+        path = self.directory / "progress.log"
+        while True:
+            stopping = stop.wait(0.5)
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            except OSError:
+                data = b""
+            complete = data[: data.rfind(b"\n") + 1]
+            offset += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                say(line)
+            if stopping:
+                return
 
     # --- workers: a VM left down keeps its slots until every worker is done ---------------
     def working(self) -> None:

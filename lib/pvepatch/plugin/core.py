@@ -58,6 +58,8 @@ class PvepatchPlugin:
     dropped: int = 0  # tests a verify run deselected (mutating or patch-only)
     started: float = field(default_factory=time.time)
     _old_handlers: dict[int, Any] = field(default_factory=dict)
+    _relay: threading.Thread | None = None  # the controller prints its workers' progress
+    _relay_stop: threading.Event = field(default_factory=threading.Event)
     _write_lock: threading.RLock = field(default_factory=threading.RLock)
 
     def record(self, target: Target) -> VMRecord:
@@ -92,7 +94,14 @@ class PvepatchPlugin:
         return self.cycle(self.inventory.target(vm)).qm().status()
 
     def say(self, line: str) -> None:
-        """A line on the terminal now (progress of a long wait), from any thread."""
+        """A line on the terminal now (progress of a long wait), from any thread; from an xdist
+        worker (whose output nobody sees), through the run directory to the controller."""
+        if hasattr(self.config, "workerinput") and self.fleet.runstate is not None:
+            self.fleet.runstate.tell(line)
+            return
+        self._print(line)
+
+    def _print(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
             return
@@ -312,6 +321,14 @@ class PvepatchPlugin:
             self._old_handlers[signum] = signal.signal(signum, self._on_signal)
         if self.fleet.runstate is not None and hasattr(self.config, "workerinput"):
             self.fleet.runstate.working()  # see pytest_sessionfinish
+        elif self.fleet.runstate is not None and self.config.getoption("dist", "no") != "no":
+            self._relay = threading.Thread(
+                target=self.fleet.runstate.relay,
+                args=(self._print, self._relay_stop),
+                name="pvepatch: workers' progress",
+                daemon=True,
+            )
+            self._relay.start()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -331,6 +348,10 @@ class PvepatchPlugin:
         self.say("down now: " + ("; ".join(down) if down else "none"))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self._relay is not None:
+            self._relay_stop.set()
+            self._relay.join(timeout=5)
+            self._relay = None
         runstate = self.fleet.runstate
         if runstate is not None:
             # a VM that did not come back holds its slots until the RUN ends, not this worker
