@@ -35,13 +35,23 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def test_ctrl_c_inside_a_slow_shutdown_leaves_every_vm_running(flab, workdir):
-    """ca takes ~110 s to power off. Ctrl-C (twice) while it shuts down: the shutdown is waited
-    for, ca is started and checked, grafana is not taken down, the run ends interrupted."""
+    """ca takes ~110 s to power off. It is the canary, so grafana (on the other worker) waits
+    for it. Ctrl-C (twice) while ca shuts down: the shutdown is waited for, ca is started and
+    checked, grafana never begins, the run ends interrupted."""
     flab.fault("slow-shutdown", "ca")
     grafana_pid = flab.qemu_pid(by_name("grafana"))
     mark = len(flab.qm_log())
     proc = start_pvepatch(
-        flab.inventory_path, workdir, "-m", "patch", "--limit", "ca,grafana", "-n", "2"
+        flab.inventory_path,
+        workdir,
+        "-m",
+        "patch",
+        "--limit",
+        "ca,grafana",
+        "-n",
+        "2",
+        "--canary",
+        "1",
     )
     try:
         deadline = time.monotonic() + 900
