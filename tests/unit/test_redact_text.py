@@ -160,3 +160,11 @@ def test_a_report_is_redacted_in_place():
     )  # fmt: skip
     redact_report(skipped, Redactor())
     assert skipped.longrepr == ("t.py", 2, f"Skipped: earlier stage failed: password={MASK}")
+
+
+def test_a_detached_apt_command_is_named_by_its_verb():
+    command = (
+        "env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confold "
+        "dist-upgrade  # detached: systemd unit pvepatch-apt-get-20261127-120108-e33993"
+    )
+    assert transcript_name("pbs", 25, command) == "pbs-025-apt-get-dist-upgrade.txt"

@@ -330,9 +330,10 @@ VERDICT = ("verdict", "reason", "failed")
 
 
 def _label(command: str) -> str:
-    """A short name for a command: apt-get's verb and arguments, else its start."""
+    """A short name for a command: apt-get's verb and arguments (without the note of the systemd
+    unit it ran in), else its start."""
     if "apt-get" in command and "--force-confold " in command:
-        return "apt-get " + command.rsplit("--force-confold ", 1)[1]
+        return "apt-get " + command.rsplit("--force-confold ", 1)[1].split("  # ", 1)[0]
     return command[:50]
 
 
