@@ -310,6 +310,7 @@ def test_faults_fail_only_their_vm(lab, workdir):
     # dpkg lock held by another process: the patch waits for it; but its redundancy partner
     # pihole does not serve DNS, so it is not taken down (checked right before the shutdown)
     assert result.failed("pihole-backup") == {"test_restart_allowed"}, result.of_vm("pihole-backup")
+    # (refused at once: pihole, not back healthy, holds the group until the run ends)
     assert "redundancy partner pihole is not healthy" in result.message(
         "test_restart_allowed", "pihole-backup"
     )

@@ -176,3 +176,17 @@ def test_an_unknown_status_after_the_shutdown_is_asked_again(pytester, fleet):
     assert result.ret == 0, result.stdout.str()[-3000:]
     assert fleet.vms["pbs"].running and fleet.vms["pbs"].pid == 1001
     assert fleet.vms["pbs"].status_unknown == 0
+
+
+def test_a_partner_not_back_refuses_its_partner_at_once(pytester, fleet):
+    """pihole never comes back: it holds the group until the run ends, so pihole-backup is
+    refused at once (not after --lock-timeout), even with budget to spare."""
+    fleet.vms["pihole"].ssh_after_boot = False
+    result = run(pytester, fleet, PAIRED, "-m", "patch", "--max-down", "3", "--lock-timeout", "600")
+    assert shutdowns(fleet) == ["101", "102"]
+    result.stdout.fnmatch_lines(
+        [
+            "*pihole-backup (VM 103 on pve): FAILED (restart: test_restart_allowed: not taken "
+            "down: its redundancy partner pihole is not healthy: it did not come back healthy*"
+        ]
+    )

@@ -189,6 +189,12 @@ class Restart:
         why = self.fleet.stop_reason()
         runstate = self.fleet.runstate
         stuck = runstate.stuck() if runstate else []
+        partners = [p.name for p in self.cycle.partners if p.name in stuck]
+        if why is None and partners:
+            why = (
+                f"its redundancy partner {', '.join(partners)} is not healthy: it did not come "
+                "back healthy after its restart and counts as down until the run ends"
+            )
         if why is None and len(stuck) >= self.options.max_down:
             why = (
                 f"{', '.join(stuck)} did not come back healthy and hold(s) the down budget "
