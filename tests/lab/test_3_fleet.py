@@ -83,9 +83,8 @@ def test_ctrl_c_inside_a_slow_shutdown_leaves_every_vm_running(flab, workdir):
     assert "interrupted (SIGINT) during its restart: the restart was finished, healthy again" in (
         output
     )
-    assert (
-        "grafana (VM 105 on pve): NOT STARTED (not restarted: run interrupted (SIGINT))" in output
-    )
+    assert "grafana: waiting for the canary VM(s) ca to pass" in output
+    assert "grafana (VM 105 on pve): NOT STARTED (not started: run interrupted (SIGINT))" in output
 
 
 def _shutting_down(lab: Lab, vmid: int) -> bool:
