@@ -46,7 +46,9 @@ def query(server: str, port: int, name: str, protocol: str = "udp", timeout: flo
             response = dns.query.tcp(request, server, timeout=timeout, port=port)
         else:
             response, _ = dns.query.udp_with_fallback(request, server, timeout=timeout, port=port)
-    except (dns.exception.DNSException, OSError) as exc:
+    except (dns.exception.DNSException, OSError, EOFError) as exc:
+        # EOFError: a TCP server that accepts and closes at once (a forwarded port whose DNS
+        # service is down): dnspython raises it bare
         raise TransportError(
             f"{server}:{port}", f"DNS query for {name} got no answer: {exc}"
         ) from exc
