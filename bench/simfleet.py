@@ -66,7 +66,13 @@ class SimFleet(fakes.FakeFleet):
         return cls(vms, sim_dir, worker)
 
     def event(self, vm: SimVM, what: str, **extra: object) -> None:
-        line = {"t": time.time(), "vm": vm.name, "pve": vm.pve, "event": what, "worker": self.worker}
+        line = {
+            "t": time.time(),
+            "vm": vm.name,
+            "pve": vm.pve,
+            "event": what,
+            "worker": self.worker,
+        }
         data = (json.dumps({**line, **extra}) + "\n").encode()
         fd = os.open(self.sim_dir / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -117,7 +123,11 @@ class SimFleet(fakes.FakeFleet):
         if "dist-upgrade" in command:
             self.apt_units[unit] = (time.time(), vm.apt_seconds)
             if vm.apt_fails:
-                self.units[unit] = (100, "E: Sub-process /usr/bin/dpkg returned an error code (1)\n", "")
+                self.units[unit] = (
+                    100,
+                    "E: Sub-process /usr/bin/dpkg returned an error code (1)\n",
+                    "",
+                )
         return answer
 
     def unit_poll(self, command: str) -> tuple[int, str, str]:
@@ -197,7 +207,9 @@ class SimTransport(fakes.FakeTransport):
         if self.host in self.fleet.vms:
             raise TransportError(self.host, "fake guests hold nothing")
         self.fleet.commands.append((self.host, text))
-        return LocalHeld(text.replace(HOST_SLOT_DIR, str(self.fleet.sim_dir / f"slots-{self.host}")))
+        return LocalHeld(
+            text.replace(HOST_SLOT_DIR, str(self.fleet.sim_dir / f"slots-{self.host}"))
+        )
 
 
 # --- conftest hooks (the run directory's conftest imports them) ------------------------------------

@@ -73,7 +73,9 @@ def inventory(fleet: dict, n_hosts: int) -> str:
     )
     hosts = ""
     for vm in fleet["vms"]:
-        group = f", pvepatch_redundancy_group: {group_of[vm['name']]}" if vm["name"] in group_of else ""
+        group = (
+            f", pvepatch_redundancy_group: {group_of[vm['name']]}" if vm["name"] in group_of else ""
+        )
         hosts += (
             f"        {vm['name']}: {{ansible_host: 127.0.0.1, ansible_port: {3000 + vm['vmid']}, "
             f"vmid: {vm['vmid']}, proxmox_host: {vm['pve']}{group}}}\n"

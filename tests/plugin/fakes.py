@@ -6,9 +6,11 @@ against the lab's real VMs (tests/lab).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -50,6 +52,7 @@ class FakeVM:
     status_unknown: int = 0  # `qm status` fails this many times while the VM is stopped
     apt_running: bool = False  # an apt/dpkg process runs in the guest (pgrep finds it)
     newest_kernel: str | None = None  # the newest /boot/vmlinuz-*, when not the running one
+    sigterm_at_shutdown: bool = False  # the run gets SIGTERM while this VM shuts down
 
     def boot(self) -> None:
         self.running = True
@@ -256,6 +259,8 @@ class FakeFleet:
             if vm.running and vm.lock and not skiplock:
                 return _ok("", 255, f"VM is locked ({vm.lock})\n")
             if verb == "shutdown" and vm.running:
+                if vm.sigterm_at_shutdown:
+                    os.kill(os.getpid(), signal.SIGTERM)  # the operator's kill, mid-shutdown
                 # A clean shutdown takes time; meanwhile Proxmox still reports it running.
                 time.sleep(min(vm.shutdown_seconds, 2.0))
                 if vm.ignores_shutdown:

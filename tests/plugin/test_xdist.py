@@ -164,8 +164,10 @@ def test_one_record_under_xdist_equal_to_the_serial_runs(suite, mode, workers):
 
 
 def test_a_vm_left_down_on_a_worker_is_loud_on_the_controller(suite, monkeypatch):
+    """pihole is left down and keeps its slot to the end; with a budget of 2 pbs still gets one
+    whichever worker restarts first (with 1, pbs is refused when pihole failed first)."""
     monkeypatch.setenv("PVEPATCH_FAKE_FAULTS", "pihole:start_fails")
-    result, html = run(suite, "down", "-m", "patch", "-n", "2")
+    result, html = run(suite, "down", "-m", "patch", "-n", "2", "--max-down", "2")
     result.stdout.fnmatch_lines(
         ["*pihole (VM 102 on pve): LEFT DOWN*", "*!!! VM pihole IS NOT RUNNING*qm start 102*"]
     )
@@ -173,6 +175,27 @@ def test_a_vm_left_down_on_a_worker_is_loud_on_the_controller(suite, monkeypatch
     end = ledger.read(html.with_suffix(".jsonl"))[-1]
     assert list(end["left_down"]) == ["pihole"]
     assert end["vms"]["pihole"]["verdict"] == "left down"
+
+
+def test_a_serial_runs_progress_reaches_the_terminal_while_pytest_captures(suite, monkeypatch):
+    """A real process (pytest's fd capture on, as for an operator): a line said inside a test,
+    here by the SIGTERM handler during pihole's shutdown, is on the terminal, not in the
+    test's captured output (found by the lab's SIGTERM test)."""
+    monkeypatch.setenv("PVEPATCH_FAKE_FAULTS", "pihole:sigterm_at_shutdown")
+    html = suite.path / "reports" / "pvepatch-serial.html"
+    result = suite.runpytest_subprocess(
+        "--inventory", "inventory.yaml", *reportkit.FAST, *reportkit.PLUGINS, f"--html={html}",
+        "-m", "patch", timeout=120,
+    )  # fmt: skip
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(
+        [
+            "pvepatch: SIGTERM received: no new action starts*",
+            "pvepatch: down now: pihole*",
+            "*INTERRUPTED (SIGTERM)*",
+            "*pihole (VM 102 on pve): ok*",
+        ]
+    )
 
 
 def test_a_workers_progress_reaches_the_controllers_terminal(suite):

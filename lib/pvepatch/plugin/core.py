@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -105,7 +106,15 @@ class PvepatchPlugin:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
             return
-        with self._write_lock:
+        # Inside a test pytest captures fd 1, where the reporter writes: lift the capture for the
+        # line, as pytest's live logging does (only the main thread runs tests and captures).
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        uncaptured = (
+            capman.global_and_fixture_disabled()
+            if capman is not None and threading.current_thread() is threading.main_thread()
+            else contextlib.nullcontext()
+        )
+        with self._write_lock, uncaptured:
             reporter.ensure_newline()
             reporter.write_line(f"pvepatch: {line}")
 
