@@ -81,13 +81,21 @@ def patch(lab: Lab, workdir: Path, *args: str) -> PvepatchRun:
 
 
 def test_patch_healthy_fleet(lab, workdir):
+    """The whole cycle on every VM, five xdist workers, the default budget (--max-down 1): apt
+    overlaps, restarts do not. Down is sampled every half second by the lab itself (QEMU running
+    and sshd answering), independently of what pvepatch believes. (Serial runs: the fault tests
+    below, and test_report_e2e.py.)"""
     before = {vm: (versions(lab, vm), boot_id(lab, vm)) for vm in FLEET}
     pids = {vm: lab.qemu_pid(by_name(vm)) for vm in FLEET}
     mark = len(lab.qm_log())
 
-    result = patch(lab, workdir)
+    with sampling(lab, 0.5) as samples:
+        result = patch(lab, workdir, "-n", "5")
+    print("; ".join(samples.summary()))
 
     assert result.rc == 0, result.output[-3000:]
+    assert samples.max_down() == 1, samples.summary()
+    assert not samples.ever_down_together(PIHOLES), samples.summary()
     for vm in FLEET:
         outcomes = result.of_vm(vm)
         assert outcomes and all(v == "passed" for v in outcomes.values()), (vm, outcomes)
@@ -149,8 +157,7 @@ def test_verify_in_parallel_is_read_only(lab, workdir):
 
 
 def test_parallel_patch_never_exceeds_the_budget(lab, workdir):
-    """Five workers, --max-down 2. (--max-down 1 under workers: the two runs below, and
-    bench/fleet_parallel.py with -n 5.)"""
+    """Five workers, --max-down 2 (--max-down 1: the first patch run, above)."""
     budget = 2
     mark = len(lab.qm_log())
     with sampling(lab, 0.5) as samples:
@@ -197,6 +204,30 @@ def test_two_runs_at_once_share_the_budget(lab, tmp_path):
     assert "pve: 1 of 1 down" in out_first + out_second
     for vm, vmid in FLEET.items():  # each VM in exactly one of the runs: one restart each
         assert len(calls_of(lab.qm_log()[mark:], "shutdown", vmid)) == 1, vm
+
+
+def test_never_shut_down_while_apt_runs(lab, workdir):
+    """A real apt-get holds the dpkg lock in pbs (~75 s, as unattended-upgrades would): its
+    restart, selected alone (the patch stage that would wait for the lock deselected), is refused
+    right before the shutdown. Nothing reaches Proxmox for it; the guest and its apt run on."""
+    lab.fault("dpkg-lock", "pbs")
+    boot = boot_id(lab, "pbs")
+    mark = len(lab.qm_log())
+
+    result = patch(lab, workdir, "--limit", "pbs", "-k", "restart")
+
+    assert result.rc != 0
+    assert "test_restart_allowed" in result.failed("pbs"), result.of_vm("pbs")
+    assert "apt/dpkg is running in the guest" in result.message("test_restart_allowed", "pbs")
+    assert not qm_calls(lab, mark, MUTATING_QM, 101)
+    assert boot_id(lab, "pbs") == boot
+    # the apt run finishes on its own, cleanly (the tests after this one expect a quiet pbs)
+    deadline = time.monotonic() + 180
+    while lab.guest_run("pbs", "systemctl is-active --quiet pvelab-dpkg-lock")[0] == 0:
+        assert time.monotonic() < deadline, "the lab's apt run in pbs did not end"
+        time.sleep(2)
+    rc, out, _ = lab.guest_run("pbs", "dpkg --audit; echo audit-rc=$?")
+    assert out.strip() == "audit-rc=0"
 
 
 # --- 3. bad input and wrong bindings -----------------------------------------------------------
