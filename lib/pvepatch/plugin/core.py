@@ -102,6 +102,10 @@ class PvepatchPlugin(InterruptHooks, WorkerExchange):
         )
         with self._write_lock, uncaptured:
             reporter.ensure_newline()
+            # under xdist the progress dots do not mark the line as begun: look at the writer
+            writer = getattr(reporter, "_tw", None)
+            if writer is not None and writer.width_of_current_line:
+                reporter.write("\n")
             reporter.write_line(f"pvepatch: {line}")
 
     # --- collection ------------------------------------------------------------------------
