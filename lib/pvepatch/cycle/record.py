@@ -124,10 +124,11 @@ class RestartOutcome:
 
     @property
     def downtime(self) -> float | None:
-        """Down from the down slot (else the shutdown) to healthy (else the agent back)."""
-        start = self.times.get("down", self.times.get("shutdown_sent"))
+        """Seconds from the start of down_window() to healthy (else to the agent back); None
+        when it was never down or neither came."""
+        window = down_window(self)
         end = self.times.get("healthy", self.times.get("agent_back"))
-        return end - start if start is not None and end is not None else None
+        return end - window[0] if window is not None and end is not None else None
 
 
 @dataclass

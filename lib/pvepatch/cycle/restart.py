@@ -6,30 +6,23 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from pvepatch.cycle.options import Fleet, Options
+from pvepatch.cycle.admission import Admission, Candidate
 from pvepatch.cycle.record import Identity, RestartOutcome
-from pvepatch.cycle.slots import HOST_SLOT_DIR, Slot, SlotTable, take
 from pvepatch.cycle.wait import ticking, wait_for
 from pvepatch.errors import PvepatchError, SafetyRefusal, last_line, one_line
 from pvepatch.guest import dns
 from pvepatch.guest.facts import Guest
-from pvepatch.inventory import Target
 from pvepatch.proxmox.parse import AGENT_PORT
 from pvepatch.proxmox.preconditions import Proof, prove_same_process, prove_stopped_by_us
 from pvepatch.proxmox.qm import Qm
 from pvepatch.transport.command import CommandResult
-from pvepatch.transport.connections import Connections
+
+# A check after the start: its outcome field and mark, what is awaited, the probe, its interval.
+_Step = tuple[str, str, Callable[[], object], float]
 
 
-class Cycle(Protocol):
+class Cycle(Candidate, Protocol):
     """What a restart needs of its VM's cycle (pvepatch.cycle.actions.VMCycle)."""
-
-    target: Target
-    options: Options
-    fleet: Fleet
-    connections: Connections
-    progress: Callable[[str], None]
-    partners: tuple[Target, ...]
 
     def qm(self) -> Qm: ...
 
@@ -54,6 +47,7 @@ class Restart:
         self.fleet = cycle.fleet
         self.qm: Qm = cycle.qm()
         self.outcome = RestartOutcome(method=cycle.options.restart_method)
+        self.admission = Admission(cycle, self.outcome, self.qm)
         self.proof: Proof | None = None  # the running VM, proven right before it was taken down
         self._uncertain: str | None = None  # why the VM's state after an interruption is unknown
 
@@ -68,7 +62,7 @@ class Restart:
             outcome.skipped = skip
             return outcome
         try:
-            slots = self._take_slots()
+            slots = self.admission.take_slots()
         except PvepatchError as exc:
             why = self.fleet.stop_reason()
             if why:  # interrupted or halted while it waited: not a failure of this VM
@@ -83,14 +77,14 @@ class Restart:
             healthy = self._down_and_up()
             return outcome
         finally:
-            self._keep_or_release(slots, healthy)
+            self.admission.keep_or_release(slots, healthy)
 
     def _ready(self) -> bool:
         """Right before the shutdown: the partners are healthy, nothing installs packages in
         the guest, and the VM is proven running and bound right."""
         outcome = self.outcome
         try:
-            self._partners_healthy()
+            self.admission.partners_healthy()
             busy = self.cycle.guest().package_managers_running()
             if busy:
                 raise SafetyRefusal(
@@ -139,115 +133,7 @@ class Restart:
         outcome.mark("healthy")
         return True
 
-    # --- the down budget ---------------------------------------------------------------------
-    def _take_slots(self) -> list[Slot]:
-        """The run's slot (budget across its workers and hosts), then the Proxmox host's (across
-        runs): waits up to --lock-timeout, saying for what; raises PvepatchError."""
-        runstate, target, opts = self.fleet.runstate, self.target, self.options
-        if runstate is None:  # no run state (a bare VMCycle): never a second VM down here
-            others = self.fleet.others_down(target.name)
-            if others:
-                names = ", ".join(f"{n} ({why})" for n, why in others.items())
-                raise PvepatchError(f"another VM is down: {names}; not taking down a second")
-            self.outcome.mark("down")
-            return []
-        tables = [
-            runstate.slots(),
-            SlotTable(
-                target.proxmox.name,
-                HOST_SLOT_DIR,
-                lambda command, args: self.cycle.connections.hold(
-                    target.proxmox.name, target.proxmox.ssh, command, *args
-                ),
-            ),
-        ]
-        slots: list[Slot] = []
-        try:
-            for table in tables:
-                slots.append(
-                    take(
-                        table,
-                        opts.max_down,
-                        target.redundancy_group,
-                        runstate.holder(target.name),
-                        opts.slot_timeout,
-                        self.cycle.progress,
-                        self._no_slot_will_come,
-                    )
-                )
-        except BaseException:
-            for slot in reversed(slots):
-                slot.release()
-            raise
-        self.outcome.mark("down")
-        self.outcome.down_slots = [str(s) for s in slots]
-        return slots
-
-    def _no_slot_will_come(self) -> str | None:
-        """Why waiting for a down slot is pointless: the run stops, or VMs of this run that
-        did not come back hold the whole budget until the run ends."""
-        why = self.fleet.stop_reason()
-        runstate = self.fleet.runstate
-        stuck = runstate.stuck() if runstate else []
-        partners = [p.name for p in self.cycle.partners if p.name in stuck]
-        if why is None and partners:
-            why = (
-                f"its redundancy partner {', '.join(partners)} is not healthy: it did not come "
-                "back healthy after its restart and counts as down until the run ends"
-            )
-        if why is None and len(stuck) >= self.options.max_down:
-            why = (
-                f"{', '.join(stuck)} did not come back healthy and hold(s) the down budget "
-                f"(--max-down {self.options.max_down}) until the run ends"
-            )
-        return why
-
-    def _keep_or_release(self, slots: list[Slot], healthy: bool) -> None:
-        """A VM counts as down until its checks passed: one that never went down or came back
-        healthy gives its slots back; any other keeps them until the run ends."""
-        if healthy or "shutdown_sent" not in self.outcome.times or self._still_serving():
-            for slot in reversed(slots):
-                slot.release()
-        else:
-            self.fleet.held[self.target.name] = slots
-            if self.fleet.runstate is not None:
-                self.fleet.runstate.vm_stuck(self.target.name)
-
-    def _still_serving(self) -> bool:
-        """A shutdown the guest refused: it never stopped, is running, and answers over SSH
-        in the same boot as before (so it is not down, it was never taken down)."""
-        outcome = self.outcome
-        if outcome.stopped or "start_sent" in outcome.times or outcome.before is None:
-            return False
-        try:
-            if self.qm.status() != "running":
-                return False
-            guest = Guest(self.cycle.connections.probe(self.target.name, self.target.ssh))
-            return guest.boot_id() == outcome.before.boot_id
-        except PvepatchError:
-            return False
-
-    def _partners_healthy(self) -> None:
-        """Every partner in the VM's redundancy group serves, checked now: a Pi-hole answers a
-        real DNS query, another host answers over SSH. Raises SafetyRefusal."""
-        for partner in self.cycle.partners:
-            try:
-                if partner.pihole is not None:
-                    spec = partner.pihole
-                    answer = dns.query(spec.server, spec.port, spec.resolve_name, spec.protocol)
-                    problem = None if answer.resolved else f"DNS answers {answer}"
-                else:
-                    Guest(self.cycle.connections.get(partner.name, partner.ssh)).answers()
-                    problem = None
-            except PvepatchError as exc:
-                problem = one_line(exc)
-            if problem:
-                raise SafetyRefusal(
-                    self.target.vmid,
-                    f"its redundancy partner {partner.name} is not healthy ({problem}); "
-                    "not taking it down while its partner does not serve",
-                )
-
+    # --- whether it restarts ------------------------------------------------------------------
     def _reboot_not_wanted(self) -> str | None:
         """--reboot never/if-required: why this VM is not restarted, or None."""
         policy = self.options.reboot
@@ -331,14 +217,38 @@ class Restart:
     def _wait_back(self) -> bool:
         """SSH with a new boot_id, the virtio port, the agent, and DNS for a Pi-hole: True when
         every check passed (the VM is healthy, no longer down)."""
-        outcome, target, qm = self.outcome, self.target, self.qm
+        outcome = self.outcome
         started = time.monotonic()
         deadline = started + self.options.boot_timeout
-        before = outcome.before.boot_id if outcome.before else None
-        connections = self.cycle.connections
+        healthy = True
+        for name, what, probe, interval in self._back_steps():
+            try:
+                wait_for(
+                    what,
+                    probe,
+                    timeout=max(1.0, deadline - time.monotonic()),
+                    interval=interval,
+                    progress=self.cycle.progress,
+                    limit=self.options.boot_timeout,
+                    since=started,
+                )
+            except PvepatchError as exc:
+                outcome.errors[name] = str(exc)
+                healthy = False
+                if name == "ssh_back":
+                    self.cycle.connections.forget(self.target.name)
+                    return False
+                continue
+            if hasattr(outcome, name):
+                setattr(outcome, name, True)
+            outcome.mark(name)
+        return healthy
 
-        def remaining() -> float:
-            return max(1.0, deadline - time.monotonic())
+    def _back_steps(self) -> list[_Step]:
+        """What the VM shows again after its start, in order: each with its probe and how often
+        the probe is asked."""
+        target, qm, connections = self.target, self.qm, self.cycle.connections
+        before = self.outcome.before.boot_id if self.outcome.before else None
 
         def ssh_with_new_boot() -> str | None:
             if not connections.banner(target.name, target.ssh):
@@ -347,7 +257,7 @@ class Restart:
             boot_id = Guest(transport).boot_id()
             return boot_id if boot_id != before else None
 
-        steps: list[tuple[str, str, Callable[[], object], float]] = [
+        steps: list[_Step] = [
             ("ssh_back", f"SSH to {target.name} with a new boot_id", ssh_with_new_boot, 0.25),
             (
                 "port_back",
@@ -369,29 +279,7 @@ class Restart:
                     1.0,
                 )
             )
-        healthy = True
-        for name, what, probe, interval in steps:
-            try:
-                wait_for(
-                    what,
-                    probe,
-                    timeout=remaining(),
-                    interval=interval,
-                    progress=self.cycle.progress,
-                    limit=self.options.boot_timeout,
-                    since=started,
-                )
-            except PvepatchError as exc:
-                outcome.errors[name] = str(exc)
-                healthy = False
-                if name == "ssh_back":
-                    connections.forget(target.name)
-                    return False
-                continue
-            if hasattr(outcome, name):
-                setattr(outcome, name, True)
-            outcome.mark(name)
-        return healthy
+        return steps
 
     # --- interruptions -------------------------------------------------------------------------
     def _status(self) -> str:

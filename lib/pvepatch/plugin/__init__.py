@@ -14,10 +14,11 @@ from pvepatch.cycle.record import VMRecord
 from pvepatch.cycle.runstate import RunState
 from pvepatch.errors import InventoryError
 from pvepatch.inventory import Target, load_inventory
-from pvepatch.plugin.core import PLUGIN_NAME, RUN_KEY, PvepatchPlugin, distribute_by_vm
+from pvepatch.plugin.core import PLUGIN_NAME, RUN_KEY, PvepatchPlugin
 from pvepatch.plugin.mode import STAGES, names_patch, stage_of, written_mode
 from pvepatch.plugin.options import add_options, check_options, options_from
 from pvepatch.plugin.reporting import default_report_paths
+from pvepatch.plugin.workers import distribute_by_vm
 from pvepatch.transport.banner import ssh_banner
 from pvepatch.transport.command import ReadOnlyGuard
 from pvepatch.transport.connections import Connections, TransportFactory, ssh_factory

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,31 +14,24 @@ from pvepatch.audit.redact import redact_text
 from pvepatch.audit.summary import junit_properties
 from pvepatch.cycle.actions import VMCycle
 from pvepatch.cycle.options import Fleet, Options
-from pvepatch.cycle.record import VMRecord, record_from_wire, record_to_wire, verdict
+from pvepatch.cycle.record import VMRecord, verdict
 from pvepatch.errors import one_line
 from pvepatch.inventory import Inventory, Target
-from pvepatch.plugin.mode import (
-    PATCH,
-    VERIFY,
-    belongs_to_verify,
-    decide_mode,
-    stage_of,
-    written_mode,
-)
+from pvepatch.plugin.interrupts import InterruptHooks
+from pvepatch.plugin.mode import PATCH, VERIFY, belongs_to_verify, decide_mode, stage_of
+from pvepatch.plugin.workers import WorkerExchange
 from pvepatch.transport.command import ReadOnlyGuard
 from pvepatch.transport.connections import Connections
 
 PLUGIN_NAME = "pvepatch-run"
-# What a per-VM test report carries (a dict; serializable, so it crosses from an xdist worker):
-# vm, stage, stage_ends, mode, and from a worker its id, mutating_sent and down.
-PAYLOAD = "pvepatch"
-RECORD = "pvepatch_record"  # on a worker's report whose VM record changed: record_to_wire()
 
 
 @dataclass
-class PvepatchPlugin:
+class PvepatchPlugin(InterruptHooks, WorkerExchange):
     """State and hooks of one pvepatch run, registered by pytest_configure (like pytest's
-    StepwisePlugin). The mode is decided once, after pytest's own deselection."""
+    StepwisePlugin). The mode is decided once, after pytest's own deselection. Its hooks for
+    interrupts (pvepatch.plugin.interrupts) and xdist workers (pvepatch.plugin.workers) are
+    mixed in: one object, its state all here."""
 
     config: pytest.Config
     inventory: Inventory
@@ -79,12 +71,6 @@ class PvepatchPlugin:
             )
         return self.cycles[target.name]
 
-    def _interrupted(self) -> str | None:
-        """Why following a detached apt stops (the run was interrupted), or None."""
-        runstate = self.fleet.runstate
-        why = runstate.interrupted() if runstate else None
-        return f"run interrupted ({why})" if why else None
-
     @property
     def mutating_sent(self) -> int:
         """Mutating commands this run sent: here, and by each xdist worker."""
@@ -116,6 +102,10 @@ class PvepatchPlugin:
         )
         with self._write_lock, uncaptured:
             reporter.ensure_newline()
+            # under xdist the progress dots do not mark the line as begun: look at the writer
+            writer = getattr(reporter, "_tw", None)
+            if writer is not None and writer.width_of_current_line:
+                reporter.write("\n")
             reporter.write_line(f"pvepatch: {line}")
 
     # --- collection ------------------------------------------------------------------------
@@ -245,149 +235,17 @@ class PvepatchPlugin:
         self._attach(report, item, target, stage.name if stage else "")
         return report
 
-    # --- one record of the run: what a report carries, and what the controller makes of it ------
-    def _attach(
-        self, report: pytest.TestReport, item: pytest.Item, target: Target, stage: str
-    ) -> None:
-        """Mark a per-VM report with its VM and stage (the audit reads them from the report, in
-        one process or on the xdist controller); from a worker, add its counters, the VMs it left
-        down, and the VM's record when it changed since the last report."""
-        payload: dict[str, Any] = {
-            "vm": target.name,
-            "stage": stage,
-            "stage_ends": report.when == "teardown" and item.nodeid in self.stage_last,
-            "mode": self.mode,
-        }
-        workerinput = getattr(self.config, "workerinput", None)
-        if workerinput is not None:
-            payload.update(self._worker_state(workerinput["workerid"]))
-            wire = record_to_wire(self.record(target))
-            if self.shipped.get(target.name) != wire:
-                self.shipped[target.name] = wire
-                setattr(report, RECORD, wire)
-        setattr(report, PAYLOAD, payload)
-
-    def _worker_state(self, worker: str) -> dict[str, Any]:
-        return {
-            "worker": worker,
-            "mutating_sent": self.guard.mutating_sent,
-            "down": dict(self.fleet.down),
-        }
-
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Any:
-        """Before any reporter reads a report from a worker: take its VM record, counters and
-        left-down VMs, and give it the node id a serial run has (without xdist's `@<vm>`)."""
-        payload = getattr(report, PAYLOAD, None)
-        if isinstance(payload, dict) and not hasattr(self.config, "workerinput"):
-            self._receive(report, payload)  # (a worker's own reports leave as they are)
-        return (yield)
-
-    def _receive(self, report: pytest.TestReport, payload: dict[str, Any]) -> None:
-        vm = payload["vm"]
-        report.nodeid = report.nodeid.removesuffix(f"@{vm}")
-        wire = report.__dict__.pop(RECORD, None)  # consumed here: no later reporter sees raw output
-        if wire is not None:
-            self.records[vm] = record_from_wire(wire, self.inventory.target(vm))
-        if "worker" in payload:
-            self._learn_from_worker(payload)
-
-    def _learn_from_worker(self, state: dict[str, Any]) -> None:
-        worker = state["worker"]
-        self.worker_sent[worker] = max(state["mutating_sent"], self.worker_sent.get(worker, 0))
-        self.worker_down[worker] = dict(state["down"])
-        self.fleet.down.clear()  # the controller's view: the union of what each worker left down
-        for down in self.worker_down.values():
-            self.fleet.down.update(down)
-        if not self.mode_known:
-            self.mode, self.mode_known = state["mode"], True
-            self._say_mode()
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
-        """One work unit per VM (schedule.VMGroupScheduling)."""
-        if config.getoption("dist") != "loadgroup":
-            return None
-        from pvepatch.plugin.schedule import VMGroupScheduling  # xdist is loaded: it asks
-
-        return VMGroupScheduling(config, log, [t.name for t in self.inventory.targets])
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """An xdist worker finished: its final counters (a crashed one keeps its last report's)."""
-        state = getattr(node, "workeroutput", {}).get(PAYLOAD)
-        if state:
-            self._learn_from_worker(state)
-
     # --- the end of the run --------------------------------------------------------------------
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        """Ctrl-C and SIGTERM stop new actions and never cut one short (issue: nothing
-        stranded): the handler records the interrupt for every worker and says what is in
-        flight; a restart under way runs to its end. Without a run state: raise, as pytest."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
-        if self.fleet.runstate is not None and hasattr(self.config, "workerinput"):
-            self.fleet.runstate.working()  # see pytest_sessionfinish
-        elif self.fleet.runstate is not None and self.config.getoption("dist", "no") != "no":
-            self._relay = threading.Thread(
-                target=self.fleet.runstate.relay,
-                args=(self._print, self._relay_stop),
-                name="pvepatch: workers' progress",
-                daemon=True,
-            )
-            self._relay.start()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        runstate = self.fleet.runstate
-        # (an xdist controller learns the mode from its workers: -m as written decides there)
-        if runstate is None or PATCH not in (self.mode, written_mode(self.config)):
-            raise KeyboardInterrupt(f"pvepatch: received {name}")
-        first = runstate.interrupt(name)
-        down = runstate.down_now()
-        if first:
-            self.say(
-                f"{name} received: no new action starts; a restart under way is finished "
-                "(shutdown to its timeout, start, checks)"
-            )
-        else:
-            self.say(f"{name} received again: still bringing back what is down")
-        self.say("down now: " + ("; ".join(down) if down else "none"))
-
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self._relay is not None:
-            self._relay_stop.set()
-            self._relay.join(timeout=5)
-            self._relay = None
+        self._stop_relay()
         runstate = self.fleet.runstate
         if runstate is not None:
             # a VM that did not come back holds its slots until the RUN ends, not this worker
             runstate.done_working(bool(self.fleet.held), self.say)
         self.fleet.release_all()
         self.connections.close_all()
-        workeroutput = getattr(self.config, "workeroutput", None)
-        if workeroutput is not None:  # sent to the controller when this worker finishes
-            state = self._worker_state(self.config.workerinput["workerid"])  # type: ignore[attr-defined]
-            workeroutput[PAYLOAD] = {**state, "mode": self.mode}
-        for signum, handler in self._old_handlers.items():
-            signal.signal(signum, handler)
-        self._old_handlers.clear()
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtestloop(self, session: pytest.Session) -> Any:
-        """Every test ran or was skipped ("not started"): an interrupted run ends as pytest's
-        interrupted runs do (exit status 2), here or on the xdist controller."""
-        result = yield
-        runstate = self.fleet.runstate
-        why = runstate.interrupted() if runstate else None
-        if why and not hasattr(self.config, "workerinput"):
-            raise session.Interrupted(
-                f"pvepatch: run interrupted ({why}); nothing new was started after it, what was "
-                "under way was finished (see the pvepatch summary)"
-            )
-        return result
+        self._hand_over()  # a worker's final state, for its controller
+        self._restore_handlers()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.fleet.runstate is not None:
@@ -448,40 +306,6 @@ class PvepatchPlugin:
 RUN_KEY = pytest.StashKey[PvepatchPlugin]()
 # the action each mutating stage runs once per VM (VMRecord.once keys)
 _ACTION_OF_STAGE = {"guest_agent": "agent", "patch": "apt", "restart": "restart"}
-
-# Why pvepatch distributes only with --dist loadgroup (one group per VM).
-_DIST_REFUSED = {
-    "each": "it would run every VM's stages on every worker",
-    "loadscope": "it groups by module, so one VM's stages would run on several workers",
-    "loadfile": "it groups by file, so one VM's stages would run on several workers",
-    "worksteal": "it moves tests between workers, so one VM's stages could run out of order",
-}
-
-
-def distribute_by_vm(config: pytest.Config) -> None:
-    """Under pytest-xdist (-n, --tx) pvepatch distributes with `--dist loadgroup`, one group per
-    VM, so each VM's stages run in order on one worker; any other explicit --dist is refused
-    before anything is touched. (xdist turns a bare `-n` into `--dist load`, which is switched.)"""
-    if hasattr(config, "workerinput"):
-        # A worker names each item with its group (`@<vm>`, which the controller's scheduler
-        # groups by) only when it knows the run is loadgroup; it parsed only the command line.
-        config.option.loadgroup = True
-        return
-    dist = config.getoption("dist", "no")  # "no" also when xdist is not loaded at all
-    if dist == "no":
-        return
-    if dist == "load":
-        config.option.dist = "loadgroup"
-    if dist in ("load", "loadgroup"):
-        # The run goes VM by VM in inventory order (the first ones first: canaries), not
-        # the biggest group first.
-        config.option.loadscopereorder = False
-        return
-    raise pytest.UsageError(
-        f"pvepatch: --dist {dist} is refused: {_DIST_REFUSED.get(dist, 'unknown mode')}. "
-        "pvepatch distributes with --dist loadgroup (one group per VM, its stages in order on "
-        "one worker): give -n N alone. Nothing was touched."
-    )
 
 
 def target_of(item: pytest.Item) -> Target | None:

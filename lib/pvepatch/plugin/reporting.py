@@ -20,8 +20,9 @@ from pvepatch.audit import html as html_report
 from pvepatch.audit.auditlog import AuditLog
 from pvepatch.audit.redact import REDACTOR_KEY, Redactor, redact_report
 from pvepatch.cycle.record import VMRecord
-from pvepatch.plugin.core import PAYLOAD, RUN_KEY, target_of
+from pvepatch.plugin.core import RUN_KEY, target_of
 from pvepatch.plugin.mode import stage_of, written_mode
+from pvepatch.plugin.workers import PAYLOAD
 
 AUDIT_KEY = pytest.StashKey[AuditLog]()
 STEM_KEY = pytest.StashKey[Path]()  # the run's default file names, reserved: <stem>.jsonl etc.
