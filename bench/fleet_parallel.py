@@ -10,6 +10,10 @@ runs, so apt has the same (small) work in each. For each run it reads the run's 
 - the max number of VMs down at once, sampled every 0.5 s by the lab (pvelab.fleet.sampler).
 
 Writes bench/results/fleet_parallel-<date>.json and prints a Markdown table.
+
+`--fresh`: the patch runs on a fresh fleet instead (the lab reset before each run, so apt has the
+real upgrades to do): serial, `-n 2` and `-n 5`, all with `--max-down 1` (about 20 minutes);
+writes fleet_parallel-fresh-<date>.json.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ RUNS = [
     ("patch serial", ["-m", "patch"]),
     ("patch -n 5 --max-down 1", ["-m", "patch", "-n", "5", "--max-down", "1"]),
     ("patch -n 5 --max-down 2", ["-m", "patch", "-n", "5", "--max-down", "2"]),
+]
+FRESH_RUNS = [
+    ("fresh patch serial", ["-m", "patch"]),
+    ("fresh patch -n 2", ["-m", "patch", "-n", "2"]),
+    ("fresh patch -n 5", ["-m", "patch", "-n", "5"]),
 ]
 
 
@@ -83,15 +92,22 @@ def run(lab: Lab, args: list[str]) -> dict:
 
 def main() -> None:
     lab = Lab()
-    results = {name: run(lab, args) for name, args in RUNS}
+    fresh = "--fresh" in sys.argv[1:]
     machine = {
         "cpus": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "date": dt.date.today().isoformat(),
     }
-    out = PROJECT / "bench" / "results" / f"fleet_parallel-{machine['date']}.json"
-    out.write_text(json.dumps({"machine": machine, "runs": results}, indent=1) + "\n")
+    name = f"fleet_parallel-{'fresh-' if fresh else ''}{machine['date']}.json"
+    out = PROJECT / "bench" / "results" / name
+    results: dict[str, dict] = {}
+    for title, args in FRESH_RUNS if fresh else RUNS:
+        if fresh:
+            lab.reset(log=lambda line: print(f"[pvelab] {line}", flush=True))
+        results[title] = run(lab, args)
+        print(f"{title}: {results[title]['wall_s']} s, rc {results[title]['rc']}", flush=True)
+        out.write_text(json.dumps({"machine": machine, "runs": results}, indent=1) + "\n")
     print(
         "| run | wall s | irreducible s (apt + shutdown-to-SSH) | wall / irreducible | max down | rc |"
     )
