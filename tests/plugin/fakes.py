@@ -52,7 +52,7 @@ class FakeVM:
     status_unknown: int = 0  # `qm status` fails this many times while the VM is stopped
     apt_running: bool = False  # an apt/dpkg process runs in the guest (pgrep finds it)
     newest_kernel: str | None = None  # the newest /boot/vmlinuz-*, when not the running one
-    sigterm_at_shutdown: bool = False  # the run gets SIGTERM while this VM shuts down
+    sigterm_at: str | None = None  # "start"/"shutdown": that qm verb sends SIGTERM, once
 
     def boot(self) -> None:
         self.running = True
@@ -195,6 +195,23 @@ class FakeFleet:
 
     # --- the Proxmox host -------------------------------------------------------------------
     def pve(self, command: str) -> tuple[int, str, str]:
+        """Proxmox's answer; a VM's `sigterm_at` verb sends SIGTERM to this process once (the
+        operator's kill): before a start (the VM stopped), or inside a shutdown once the VM has
+        stopped (the reply never arrives)."""
+        words = shlex.split(command)
+        vmid = words[2] if words[:1] == ["qm"] and len(words) > 2 else ""
+        vm = self.by_vmid.get(int(vmid)) if vmid.isdigit() else None
+        hit = vm is not None and vm.sigterm_at == words[1]
+        if vm is not None and hit:
+            vm.sigterm_at = None
+        if hit and words[1] == "start":
+            os.kill(os.getpid(), signal.SIGTERM)
+        result = self._qm(command)
+        if hit and words[1] != "start":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    def _qm(self, command: str) -> tuple[int, str, str]:
         words = shlex.split(command)
         if words[:1] != ["qm"] or len(words) < 3:
             return _ok("", 255, f"fake pve: unknown command: {command}")
@@ -259,8 +276,6 @@ class FakeFleet:
             if vm.running and vm.lock and not skiplock:
                 return _ok("", 255, f"VM is locked ({vm.lock})\n")
             if verb == "shutdown" and vm.running:
-                if vm.sigterm_at_shutdown:
-                    os.kill(os.getpid(), signal.SIGTERM)  # the operator's kill, mid-shutdown
                 # A clean shutdown takes time; meanwhile Proxmox still reports it running.
                 time.sleep(min(vm.shutdown_seconds, 2.0))
                 if vm.ignores_shutdown:

@@ -181,7 +181,7 @@ def test_a_serial_runs_progress_reaches_the_terminal_while_pytest_captures(suite
     """A real process (pytest's fd capture on, as for an operator): a line said inside a test,
     here by the SIGTERM handler during pihole's shutdown, is on the terminal, not in the
     test's captured output (found by the lab's SIGTERM test)."""
-    monkeypatch.setenv("PVEPATCH_FAKE_FAULTS", "pihole:sigterm_at_shutdown")
+    monkeypatch.setenv("PVEPATCH_FAKE_FAULTS", "pihole:sigterm_at=shutdown")
     html = suite.path / "reports" / "pvepatch-serial.html"
     result = suite.runpytest_subprocess(
         "--inventory", "inventory.yaml", *reportkit.FAST, *reportkit.PLUGINS, f"--html={html}",
