@@ -53,10 +53,10 @@ def down_intervals(events: list[dict]) -> list[Interval]:
 def max_overlap(intervals: list[Interval]) -> tuple[int, float | None]:
     """The most intervals open at one moment, and when first (an end at t comes before a start
     at t: the next VM went down after the last came back)."""
+    # (t, -1) sorts before (t, 1): an end before a start at the same moment
     points = sorted(
         [(i.start, 1) for i in intervals] + [(i.end, -1) for i in intervals if i.closed]
     )
-    points.sort(key=lambda p: (p[0], p[1]))
     now = best = 0
     when = None
     for t, step in points:
