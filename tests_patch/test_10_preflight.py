@@ -5,6 +5,13 @@ import pytest
 pytestmark = [pytest.mark.stage("preflight"), pytest.mark.verify, pytest.mark.patch]
 
 
+@pytest.fixture(autouse=True)
+def asked_ahead(record, cycle):
+    """The stage's questions, asked in one round trip per host before the VM's first check;
+    each check takes its answer once (or asks again when it is gone or 10 s old)."""
+    record.once("preflight questions", lambda: cycle.ask_ahead(**cycle.preflight_questions()))
+
+
 @pytest.fixture
 def binding(record, cycle):
     """The binding as Proxmox and the guest report it (observed once per VM, read-only)."""

@@ -7,6 +7,13 @@ from pvepatch.proxmox.parse import AGENT_PORT
 pytestmark = [pytest.mark.stage("verify"), pytest.mark.verify, pytest.mark.patch]
 
 
+@pytest.fixture(autouse=True)
+def asked_ahead(record, cycle):
+    """The stage's questions, asked in one round trip per host before the VM's first check;
+    each check takes its answer once (or asks again when it is gone or 10 s old)."""
+    record.once("verify questions", lambda: cycle.ask_ahead(**cycle.verify_questions()))
+
+
 def test_ssh_answers(cycle):
     assert cycle.guest().answers().ok
 

@@ -297,6 +297,14 @@ class FakeFleet:
         return _ok("", 255, f"fake pve: unsupported qm {verb}")
 
 
+# One part of a batch script (pvepatch.transport.batch.script): the command and its end mark.
+BATCH_PART = re.compile(
+    r"\( (.*?)\n\); printf '\\n(@@pvepatch-end-[0-9a-f]+) %s\\n' \"\$\?\"; "
+    r"printf '\\n\2\\n' >&2",
+    re.S,
+)
+
+
 class FakeTransport:
     """A connection to a fake host: finished command lines in, canned answers out."""
 
@@ -306,8 +314,16 @@ class FakeTransport:
         self.host_key = f"ssh-ed25519 SHA256:fake-{host}"  # as if verified against known_hosts
 
     def run(self, command: str, *, timeout: float, mutating: bool) -> CommandResult:
-        rc, out, err = self.fleet.run(self.host, command)
-        return CommandResult(self.host, command, rc, out, err, 0.01, mutating)
+        parts = BATCH_PART.findall(command)
+        if not parts:
+            rc, out, err = self.fleet.run(self.host, command)
+            return CommandResult(self.host, command, rc, out, err, 0.01, mutating)
+        stdout = stderr = ""  # a batch (pvepatch.transport.batch): what `sh` would print for it
+        for part, mark in parts:
+            rc, out, err = self.fleet.run(self.host, part)
+            stdout += f"{out}\n{mark} {rc}\n"
+            stderr += f"{err}\n{mark}\n"
+        return CommandResult(self.host, command, rc, stdout, stderr, 0.01, mutating)
 
     def hold(self, text: str) -> LocalHeld:
         """The fake Proxmox host holds its slot locks on this machine, in the fleet's dir."""

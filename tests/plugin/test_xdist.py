@@ -21,8 +21,9 @@ VMS = reportkit.names(3)
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 UNIT = re.compile(r"(pvepatch-[a-z-]+)-[0-9a-z-]+-[0-9a-f]{6}\b")  # a detached apt's unit
 RUN = re.compile(r"\(run \w+, pid \d+ on [^,]+, since [0-9:]+\)")  # a down slot's holder
+# (batch: a random token per round trip, like the run id)
 TIMING = {"seq", "time", "ts", "run_id", "started", "ended", "duration_s", "after_s",
-          "downtime_s", "at", "duration", "down"}  # fmt: skip
+          "downtime_s", "at", "duration", "down", "batch"}  # fmt: skip
 
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def command_facts(
     The output is redacted whole before its tail is cut, so a cut cannot split a secret."""
     out = tail(redact(result.stdout), TAIL_LINES)
     err = tail(redact(result.stderr), TAIL_LINES)
-    return {
+    facts = {
         "host": result.host,
         "command": redact(result.command),
         "rc": result.rc,
@@ -97,6 +97,9 @@ def command_facts(
         "stderr_tail": err[-TAIL_CHARS:],
         "output_lines": len(result.stdout.splitlines()) + len(result.stderr.splitlines()),
     }
+    if result.batch:  # sent in one round trip with the other commands of the same batch id
+        facts["batch"] = result.batch
+    return facts
 
 
 def vm_facts(record: VMRecord) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from pvepatch.cycle.admission import Admission, Candidate
@@ -29,6 +30,12 @@ class Cycle(Candidate, Protocol):
     def guest(self) -> Guest: ...
 
     def prove_running(self, action: str) -> Proof: ...
+
+    def proof_questions(self, *also: str) -> dict[str, list[str]]: ...
+
+    def asked_together(
+        self, guest: Sequence[str] = (), qm: Sequence[str] = ()
+    ) -> AbstractContextManager[None]: ...
 
     def note(self, action: str, proof: Proof) -> None: ...
 
@@ -83,18 +90,20 @@ class Restart:
         """Right before the shutdown: the partners are healthy, nothing installs packages in
         the guest, and the VM is proven running and bound right."""
         outcome = self.outcome
+        asked = self.cycle.proof_questions("package_managers", "boot_id", "kernel")
         try:
             self.admission.partners_healthy()
-            busy = self.cycle.guest().package_managers_running()
-            if busy:
-                raise SafetyRefusal(
-                    self.target.vmid, f"apt/dpkg is running in the guest: {one_line(busy)}"
+            with self.cycle.asked_together(**asked):  # one round trip per host for all of it
+                busy = self.cycle.guest().package_managers_running()
+                if busy:
+                    raise SafetyRefusal(
+                        self.target.vmid, f"apt/dpkg is running in the guest: {one_line(busy)}"
+                    )
+                self.proof = self.cycle.prove_running(
+                    "qm stop" if self.options.restart_method == "stop" else "qm shutdown"
                 )
-            self.proof = self.cycle.prove_running(
-                "qm stop" if self.options.restart_method == "stop" else "qm shutdown"
-            )
-            guest = self.cycle.guest()
-            outcome.before = Identity(guest.boot_id(), guest.kernel(), self.proof.pid)
+                guest = self.cycle.guest()
+                outcome.before = Identity(guest.boot_id(), guest.kernel(), self.proof.pid)
         except SafetyRefusal as exc:
             outcome.refused = exc.reason
             return False
@@ -200,7 +209,8 @@ class Restart:
         outcome, qm = self.outcome, self.qm
         assert self.proof is not None
         try:
-            proof = prove_stopped_by_us(qm, self.target.proxmox.name, self.proof)
+            with self.cycle.asked_together(qm=Qm.asked(qm.vmid, "run_status", "config")):
+                proof = prove_stopped_by_us(qm, self.target.proxmox.name, self.proof)
         except SafetyRefusal as exc:
             outcome.errors["start"] = f"start refused: {exc.reason}"
             return False

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from pvepatch.guest.detached import Detached, Reconnect, ShouldStop
+from pvepatch.guest.facts import QUESTIONS
 from pvepatch.transport.command import CommandResult, Transport
 
 # Environment for every apt/dpkg call: no debconf prompts, no needrestart dialogs or service
@@ -117,12 +118,9 @@ class Apt:
         return self.detached.transport
 
     def installed(self) -> dict[str, str]:
-        result = self.transport.run(
-            "dpkg-query -W -f %s",
-            "${Package}\t${Version}\t${db:Status-Abbrev}\n",
-            timeout=60,
-            mutating=False,
-        ).check("cannot list installed packages")
+        result = self.transport.run(QUESTIONS["packages"], timeout=60, mutating=False).check(
+            "cannot list installed packages"
+        )
         return parse_dpkg_query(result.stdout)
 
     def update(self) -> tuple[CommandResult, int]:
@@ -162,9 +160,9 @@ class Apt:
 
     def planned(self) -> dict[str, str]:
         """What a dist-upgrade would install now, package -> version (`apt-get -s`, read-only)."""
-        result = self.transport.run(
-            "apt-get -s -o Debug::NoLocking=1 dist-upgrade", timeout=300, mutating=False
-        ).check("apt-get -s dist-upgrade failed")
+        result = self.transport.run(QUESTIONS["planned"], timeout=300, mutating=False).check(
+            "apt-get -s dist-upgrade failed"
+        )
         return parse_simulation(result.stdout)
 
 

@@ -9,7 +9,37 @@ from testinfra.backend.base import BaseBackend
 from testinfra.backend.base import CommandResult as TestinfraResult
 
 from pvepatch.proxmox.parse import AGENT_PORT
-from pvepatch.transport.command import CommandResult, Transport
+from pvepatch.transport.command import CommandResult, Transport, quote
+
+# The read-only questions a Guest asks, by name: `Guest.asked` gives their command lines so a
+# caller can ask several in one round trip (VMCycle.asked_together) before asking them one by one.
+QUESTIONS = {
+    "boot_id": "cat /proc/sys/kernel/random/boot_id",
+    "hostname": "hostname",
+    "kernel": "uname -r",
+    "macs": "cat /sys/class/net/*/address",
+    "free_root": quote("df -Pm %s", "/"),
+    "free_boot": quote("df -Pm %s", "/boot"),
+    "dpkg_audit": "dpkg --audit",
+    "virtio_port": quote("test -c %s", AGENT_PORT),
+    "package_managers": "pgrep -a -x 'apt|apt-get|aptitude|dpkg|unattended-upgr|unattended-upgrade'",
+    "answers": "true",
+    "packages": quote("dpkg-query -W -f %s", "${Package}\t${Version}\t${db:Status-Abbrev}\n"),
+    "planned": "apt-get -s -o Debug::NoLocking=1 dist-upgrade",  # a simulation: read-only
+    "reboot_required": (
+        "if test -e /var/run/reboot-required; then echo REQUIRED; "
+        "cat /var/run/reboot-required.pkgs 2>/dev/null; fi; true"
+    ),
+    # The lines testinfra's modules send for `host.package(AGENT).is_installed` and
+    # `host.service(AGENT).is_running`, and to detect the system first (tests/unit checks them:
+    # if testinfra changes them, they are only asked twice).
+    "system_type": "uname -s",
+    "os_release": "cat /etc/os-release",
+    "arch": "uname -m",
+    "systemd": "test -d /run/systemd/system/",
+    "agent_package": "dpkg-query -f '${Status}' -W qemu-guest-agent",
+    "agent_service": "systemctl is-active qemu-guest-agent",
+}
 
 
 class TransportBackend(BaseBackend):
@@ -38,11 +68,23 @@ def testinfra_host(transport: Transport) -> testinfra.host.Host:
 
 
 class Guest:
-    """Read-only questions about one guest, asked over SSH."""
+    """Read-only questions about one guest, asked over SSH.
 
-    def __init__(self, transport: Transport):
+    `host` is a testinfra Host to keep: given one, it is moved onto `transport`, so what testinfra
+    detected about the system (its OS, systemd) is not asked again on a new connection."""
+
+    def __init__(self, transport: Transport, host: testinfra.host.Host | None = None):
         self.transport = transport
-        self.host = testinfra_host(transport)
+        if host is None:
+            host = testinfra_host(transport)
+        else:
+            host.backend.transport = transport
+        self.host = host
+
+    @staticmethod
+    def asked(*names: str) -> list[str]:
+        """The command lines of the named questions (QUESTIONS)."""
+        return [QUESTIONS[name] for name in names]
 
     def _out(self, command: str, *args: object) -> str:
         return (
@@ -50,25 +92,25 @@ class Guest:
         )
 
     def answers(self) -> CommandResult:
-        return self.transport.run("true", timeout=30.0, mutating=False).check(
+        return self.transport.run(QUESTIONS["answers"], timeout=30.0, mutating=False).check(
             "SSH answered but 'true' failed"
         )
 
     def boot_id(self) -> str:
-        return self._out("cat /proc/sys/kernel/random/boot_id")
+        return self._out(QUESTIONS["boot_id"])
 
     def host_key(self) -> str | None:
         """The host key this run's SSH connection verified (None if it verified none)."""
         return self.transport.host_key
 
     def hostname(self) -> str:
-        return self._out("hostname")
+        return self._out(QUESTIONS["hostname"])
 
     def kernel(self) -> str:
-        return self._out("uname -r")
+        return self._out(QUESTIONS["kernel"])
 
     def macs(self) -> set[str]:
-        text = self._out("cat /sys/class/net/*/address")
+        text = self._out(QUESTIONS["macs"])
         macs = {line.strip().lower() for line in text.splitlines() if line.strip()}
         return macs - {"00:00:00:00:00:00"}  # loopback
 
@@ -80,18 +122,17 @@ class Guest:
     def dpkg_audit(self) -> str:
         """`dpkg --audit` output: empty when the package database is consistent."""
         return (
-            self.transport.run("dpkg --audit", timeout=60.0, mutating=False).check().stdout.strip()
+            self.transport.run(QUESTIONS["dpkg_audit"], timeout=60.0, mutating=False)
+            .check()
+            .stdout.strip()
         )
 
     def virtio_port_is_chardev(self) -> bool:
-        return self.transport.run("test -c %s", AGENT_PORT, timeout=30.0, mutating=False).ok
+        return self.transport.run(QUESTIONS["virtio_port"], timeout=30.0, mutating=False).ok
 
     def reboot_required(self) -> tuple[bool, list[str]]:
         """Whether the guest asks for a reboot, and which packages asked."""
-        text = self._out(
-            "if test -e /var/run/reboot-required; then echo REQUIRED; "
-            "cat /var/run/reboot-required.pkgs 2>/dev/null; fi; true"
-        )
+        text = self._out(QUESTIONS["reboot_required"])
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if not lines or lines[0] != "REQUIRED":
             return False, []
@@ -116,7 +157,7 @@ class Guest:
     def package_managers_running(self) -> str:
         """apt, dpkg or unattended-upgrades running now (their `pgrep -a` lines), or ''."""
         result = self.transport.run(
-            "pgrep -a -x 'apt|apt-get|aptitude|dpkg|unattended-upgr|unattended-upgrade'",
+            QUESTIONS["package_managers"],
             timeout=30.0,
             mutating=False,
         )

@@ -12,10 +12,20 @@ from pvepatch.proxmox.parse import (
     parse_qm_status,
 )
 from pvepatch.proxmox.preconditions import Proof
-from pvepatch.transport.command import CommandResult, Transport
+from pvepatch.transport.command import CommandResult, Transport, quote
 
 # Timeout of the SSH command around a `qm` task, beyond the task's own --timeout.
 TASK_SLACK = 60.0
+# The read-only questions, by name: `Qm.asked` gives their command lines, so a caller can ask
+# several in one round trip (VMCycle.asked_together) before asking them one by one.
+QUESTIONS = {
+    "status": "qm status %s",
+    "run_status": "qm status %s --verbose",
+    "config": "qm config %s",
+    "config_current": "qm config %s --current",
+    "agent_ping": "qm guest cmd %s ping",
+    "agent_host_name": "qm guest cmd %s get-host-name",
+}
 
 
 class Qm:
@@ -26,6 +36,11 @@ class Qm:
             raise TypeError(f"vmid must be an int, got {vmid!r}")
         self.transport = transport
         self.vmid = vmid
+
+    @staticmethod
+    def asked(vmid: int, *names: str) -> list[str]:
+        """The command lines of the named questions (QUESTIONS) for VM `vmid`."""
+        return [quote(QUESTIONS[name], vmid) for name in names]
 
     def _run(
         self,
@@ -52,15 +67,15 @@ class Qm:
 
     # --- read-only -------------------------------------------------------------------------
     def status(self) -> str:
-        return self._parsed(self._run("qm status %s", self.vmid), parse_qm_status)  # type: ignore[no-any-return]
+        return self._parsed(self._run(QUESTIONS["status"], self.vmid), parse_qm_status)  # type: ignore[no-any-return]
 
     def run_status(self) -> RunStatus:
-        return self._parsed(self._run("qm status %s --verbose", self.vmid), RunStatus.parse)  # type: ignore[no-any-return]
+        return self._parsed(self._run(QUESTIONS["run_status"], self.vmid), RunStatus.parse)  # type: ignore[no-any-return]
 
     def config(self, current: bool = False) -> dict[str, str]:
         """`qm config`: pending changes applied, as the next start will use them; with
         `current=True`, the values the running VM uses (`--current`, pending changes left out)."""
-        command = "qm config %s --current" if current else "qm config %s"
+        command = QUESTIONS["config_current" if current else "config"]
         return self._parsed(self._run(command, self.vmid), parse_key_values)  # type: ignore[no-any-return]
 
     def agent(self, command: str, check: bool = True) -> CommandResult:

@@ -38,6 +38,7 @@ class CommandResult:
     mutating: bool = False
     started: float | None = None  # epoch seconds when it was sent (set by GuardedTransport)
     answered: bool = True  # False: sent, but no answer came (connection lost, timed out)
+    batch: str | None = None  # sent in one round trip with the other commands of this batch
 
     @classmethod
     def no_answer(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from pvepatch.errors import TransportError
+from pvepatch.errors import PvepatchError, TransportError
 from pvepatch.inventory import SSHSpec, Target
+from pvepatch.transport import batch
+from pvepatch.transport.batch import Prefetch
 from pvepatch.transport.command import (
     CommandResult,
     Connection,
@@ -24,17 +27,66 @@ BANNER_TIMEOUT = 1.0
 
 class RecordingTransport:
     """A view of a Transport that appends every command sent to `sink` (the VM's audit record),
-    with its result, or marked as never answered when the connection failed under it."""
+    with its result, or marked as never answered when the connection failed under it.
 
-    def __init__(self, inner: GuardedTransport, sink: list[CommandResult]):
+    With a `prefetch`, a read-only command answered by a recent batch (`fetch`) is answered
+    from it once, not sent again; the batch's commands were recorded when it was sent. A change
+    (a mutating command) drops every answer kept."""
+
+    def __init__(
+        self, inner: GuardedTransport, sink: list[CommandResult], prefetch: Prefetch | None = None
+    ):
         self.inner = inner
         self.sink = sink
+        self.prefetch = prefetch
         self.host = inner.host
         self.host_key = inner.host_key
+
+    def run_batch(self, parts: Sequence[str], timeout: float) -> list[CommandResult]:
+        """Send the read-only command lines `parts` in one round trip (pvepatch.transport.batch);
+        one recorded result per part."""
+        token = batch.new_token()
+        sent, started = time.time(), time.monotonic()
+        try:
+            whole = self.inner.run(batch.script(parts, token), timeout=timeout, mutating=False)
+        except TransportError as exc:
+            took = time.monotonic() - started
+            lost = CommandResult.no_answer(self.host, "", exc, took, False, sent)
+            self.sink.extend(replace(lost, command=part, batch=token) for part in parts)
+            raise
+        results = batch.split(whole, parts, token)
+        self.sink.extend(results)
+        return results
+
+    def fetch(self, parts: Sequence[str], timeout: float = 60.0) -> None:
+        """Ask `parts` now in one round trip, for the next `run` of each to use. A failed batch
+        is only recorded: each command is then sent on its own, and fails where it is asked."""
+        if self.prefetch is None:
+            raise ValueError("fetch needs a RecordingTransport made with a Prefetch")
+        held = {part: self.prefetch.held(self.host, part) for part in parts}
+        wanted = []
+        for part in parts:  # what is held already (an outer block asked it) is not asked again
+            if held[part]:
+                held[part] -= 1
+            else:
+                wanted.append(part)
+        parts = wanted
+        if not parts:
+            return
+        try:
+            self.prefetch.keep(self.run_batch(parts, timeout))
+        except PvepatchError:
+            pass
 
     def run(
         self, command: str, *args: object, timeout: float = 60.0, mutating: bool
     ) -> CommandResult:
+        if self.prefetch is not None and mutating:
+            self.prefetch.clear()  # what was asked before a change is not asked after it
+        elif self.prefetch is not None:
+            kept = self.prefetch.take(self.host, quote(command, *args))
+            if kept is not None:
+                return kept
         sent, started = time.time(), time.monotonic()
         try:
             result = self.inner.run(command, *args, timeout=timeout, mutating=mutating)
