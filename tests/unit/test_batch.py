@@ -129,7 +129,7 @@ def test_a_fetched_answer_is_used_once_while_fresh_and_never_for_a_change():
 def test_the_testinfra_lines_asked_ahead_are_the_ones_testinfra_sends():
     """The guest agent's stage asks testinfra's own lines ahead; if testinfra changed them,
     they would be asked twice. The lines testinfra sends, in order, are the ones named."""
-    from pvepatch.guest.facts import Guest
+    from pvepatch.guest.facts import Guest, service_question
 
     class Debian(Shell):
         answers = {
@@ -148,5 +148,6 @@ def test_the_testinfra_lines_asked_ahead_are_the_ones_testinfra_sends():
     guest = Guest(recording(shell)[0])
     guest.host.package("qemu-guest-agent").is_installed  # noqa: B018 (asks)
     guest.host.service("qemu-guest-agent").is_running  # noqa: B018 (asks)
+    guest.host.service("dnsmasq").is_running  # noqa: B018 (asks)
     names = ["system_type", "os_release", "arch", "agent_package", "systemd", "agent_service"]
-    assert shell.sent == Guest.asked(*names)
+    assert shell.sent == [*Guest.asked(*names), service_question("dnsmasq")]

@@ -215,7 +215,10 @@ def _commands_html(title: str, commands: list[dict[str, Any]], with_output: bool
     head = ["sent", "host", "command", "exit", "s"] + (["output (tail)"] if with_output else [])
     rows = []
     for c in commands:
-        row: list[Any] = [c["started"], c["host"], c["command"], c["rc"], c["duration_s"]]
+        seconds = (
+            f"{c['duration_s']} (batch {c['batch'][:6]})" if c.get("batch") else c["duration_s"]
+        )
+        row: list[Any] = [c["started"], c["host"], c["command"], c["rc"], seconds]
         if with_output:
             text = "\n".join(t for t in (c["stdout_tail"], c["stderr_tail"]) if t)
             row.append(Raw(f"<pre>{html.escape(text)}</pre>" if text else ""))

@@ -19,7 +19,7 @@ from pvepatch.cycle.restart import Restart
 from pvepatch.cycle.wait import wait_for
 from pvepatch.errors import PvepatchError, SafetyRefusal, TransportError
 from pvepatch.guest.apt import Apt, AptRun, diff_packages
-from pvepatch.guest.facts import Guest
+from pvepatch.guest.facts import Guest, service_question
 from pvepatch.inventory import Target
 from pvepatch.proxmox.parse import AGENT_PORT, agent_enabled, net_macs
 from pvepatch.proxmox.preconditions import Proof, prove_running
@@ -150,8 +150,11 @@ class VMCycle:
     def verify_questions(self) -> dict[str, list[str]]:
         """What the verify stage's checks ask (tests_patch/test_50_verify.py, then
         test_55_restart_proof.py's look at the VM as it is now), to ask ahead."""
+        guest = Guest.asked("answers", "virtio_port", "agent_service", "boot_id", "kernel")
+        if self.target.pihole is not None:
+            guest.append(service_question(self.target.pihole.service))
         return {
-            "guest": Guest.asked("answers", "virtio_port", "agent_service", "boot_id", "kernel"),
+            "guest": guest,
             "qm": Qm.asked(self.target.vmid, "agent_ping", "status", "run_status"),
         }
 

@@ -37,6 +37,10 @@ class Cycle(Candidate, Protocol):
         self, guest: Sequence[str] = (), qm: Sequence[str] = ()
     ) -> AbstractContextManager[None]: ...
 
+    def ask_ahead(
+        self, guest: Sequence[str] = (), qm: Sequence[str] = (), timeout: float = 60.0
+    ) -> None: ...
+
     def note(self, action: str, proof: Proof) -> None: ...
 
 
@@ -265,7 +269,11 @@ class Restart:
                 return None  # sshd not accepting yet: asked again in a quarter second
             transport = connections.probe(target.name, target.ssh)
             boot_id = Guest(transport).boot_id()
-            return boot_id if boot_id != before else None
+            if boot_id == before:
+                return None
+            # the next two checks' first answers, from both hosts at once
+            self.cycle.ask_ahead(Guest.asked("virtio_port"), Qm.asked(target.vmid, "agent_ping"))
+            return boot_id
 
         steps: list[_Step] = [
             ("ssh_back", f"SSH to {target.name} with a new boot_id", ssh_with_new_boot, 0.25),

@@ -42,6 +42,11 @@ QUESTIONS = {
 }
 
 
+def service_question(service: str) -> str:
+    """The line testinfra sends for `host.service(service).is_running` (on systemd)."""
+    return quote("systemctl is-active %s", service)
+
+
 class TransportBackend(BaseBackend):
     """A testinfra backend that sends every command through a pvepatch Transport.
 
