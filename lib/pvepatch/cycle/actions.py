@@ -123,7 +123,9 @@ class VMCycle:
             if isinstance(transport, RecordingTransport):
                 batches.append((transport, questions))
         if len(batches) == 2:  # two hosts: the Proxmox host's batch runs beside the guest's
-            other = threading.Thread(target=batches[1][0].fetch, args=(batches[1][1], timeout))
+            other = threading.Thread(
+                target=batches[1][0].fetch, args=(batches[1][1], timeout), daemon=True
+            )
             other.start()
             batches[0][0].fetch(batches[0][1], timeout)
             other.join()
