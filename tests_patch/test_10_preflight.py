@@ -1,15 +1,16 @@
 """Stage 1, preflight (read-only): the VM is reachable, bound right, and fit to be patched."""
 
 import pytest
+from pvepatch.cycle import questions
 
 pytestmark = [pytest.mark.stage("preflight"), pytest.mark.verify, pytest.mark.patch]
 
 
 @pytest.fixture(autouse=True)
-def asked_ahead(record, cycle):
+def asked_ahead(record, cycle, target):
     """The stage's questions, asked in one round trip per host before the VM's first check;
     each check takes its answer once (or asks again when it is gone or 10 s old)."""
-    record.once("preflight questions", lambda: cycle.ask_ahead(**cycle.preflight_questions()))
+    record.once("preflight questions", lambda: cycle.ask_ahead(*questions.preflight(target)))
 
 
 @pytest.fixture

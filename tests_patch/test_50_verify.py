@@ -1,6 +1,7 @@
 """Stage 5, verify (read-only): the VM is healthy now; in a patch run, it really restarted once."""
 
 import pytest
+from pvepatch.cycle import questions
 from pvepatch.guest import dns
 from pvepatch.proxmox.parse import AGENT_PORT
 
@@ -8,10 +9,10 @@ pytestmark = [pytest.mark.stage("verify"), pytest.mark.verify, pytest.mark.patch
 
 
 @pytest.fixture(autouse=True)
-def asked_ahead(record, cycle):
+def asked_ahead(record, cycle, target):
     """The stage's questions, asked in one round trip per host before the VM's first check;
     each check takes its answer once (or asks again when it is gone or 10 s old)."""
-    record.once("verify questions", lambda: cycle.ask_ahead(**cycle.verify_questions()))
+    record.once("verify questions", lambda: cycle.ask_ahead(*questions.verify(target)))
 
 
 def test_ssh_answers(cycle):

@@ -6,6 +6,7 @@ import subprocess
 
 import fakes
 import pytest
+from pvepatch.cycle import questions
 from pvepatch.transport import batch
 from pvepatch.transport.command import CommandResult
 
@@ -79,7 +80,7 @@ def test_a_proof_never_uses_an_answer_asked_before_it(tmp_path):
     from pvepatch.errors import SafetyRefusal
 
     cycle, fleet = a_cycle(tmp_path)
-    cycle.ask_ahead(**cycle.preflight_questions())
+    cycle.ask_ahead(*questions.preflight(cycle.target))
     vm = next(v for v in fleet.vms.values() if v.vmid == 101)
     vm.lock = "backup"  # a backup began after the preflight asked
     with pytest.raises(SafetyRefusal, match="locked"):

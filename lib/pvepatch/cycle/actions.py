@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 
+from pvepatch.cycle import questions
 from pvepatch.cycle.options import Fleet, Options
+from pvepatch.cycle.questions import Asking
 from pvepatch.cycle.record import (
     AgentOutcome,
     Binding,
@@ -17,24 +17,21 @@ from pvepatch.cycle.record import (
 )
 from pvepatch.cycle.restart import Restart
 from pvepatch.cycle.wait import wait_for
-from pvepatch.errors import PvepatchError, SafetyRefusal, TransportError
+from pvepatch.errors import SafetyRefusal, TransportError
 from pvepatch.guest.apt import Apt, AptRun, diff_packages
-from pvepatch.guest.facts import Guest, service_question
+from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
 from pvepatch.proxmox.parse import AGENT_PORT, agent_enabled, net_macs
 from pvepatch.proxmox.preconditions import Proof, prove_running
 from pvepatch.proxmox.qm import Qm
-from pvepatch.transport.batch import Prefetch
 from pvepatch.transport.connections import Connections, RecordingTransport
 
 AGENT_PACKAGE = "qemu-guest-agent"
-# What a change inside the guest needs proven besides the binding: room, and dpkg consistent.
-FIT = ("free_root", "free_boot", "dpkg_audit")
 AGENT_SERVICE = "qemu-guest-agent"
 Progress = Callable[[str], None]
 
 
-class VMCycle:
+class VMCycle(Asking):
     """The cycle's actions for one VM, each recorded on its VMRecord."""
 
     def __init__(
@@ -47,6 +44,7 @@ class VMCycle:
         partners: tuple[Target, ...] = (),
         should_stop: Callable[[], str | None] = lambda: None,
     ):
+        super().__init__()  # the answers asked together, per host (cycle.questions)
         self.record = record
         self.partners = partners  # its redundancy group's other members
         self.target: Target = record.target
@@ -57,8 +55,6 @@ class VMCycle:
         self.should_stop = should_stop  # the run's interrupt flag: a reason to stop, or None
         self._guest: Guest | None = None
         self._guest_inner: object | None = None
-        self._asked = Prefetch()  # answers asked together, per host (asked_together, ask_ahead)
-        self._asking = 0
 
     # --- connections -----------------------------------------------------------------------
     def guest_transport(self) -> RecordingTransport:
@@ -85,91 +81,6 @@ class VMCycle:
     def qm(self) -> Qm:
         return Qm(self._qm_transport(), self.target.vmid)
 
-    @contextmanager
-    def asked_together(self, guest: Sequence[str] = (), qm: Sequence[str] = ()) -> Iterator[None]:
-        """Inside the block, the read-only command lines `guest` (Guest.asked) and `qm`
-        (Qm.asked) are answered from one round trip per host, sent on entry; each answer is used
-        once. The outermost block starts from nothing and drops what is left when it ends, so
-        a proof never uses an answer older than its block; a nested block asks only what the
-        outer one has not."""
-        if not self._asking:
-            self._asked.clear()
-        self._asking += 1
-        try:
-            self.ask_ahead(guest, qm)
-            yield
-        finally:
-            self._asking -= 1
-            if not self._asking:
-                self._asked.clear()
-
-    def ask_ahead(
-        self, guest: Sequence[str] = (), qm: Sequence[str] = (), timeout: float = 60.0
-    ) -> None:
-        """Ask these read-only command lines now, one round trip per host, both hosts at once,
-        for the checks that follow within seconds (pvepatch.transport.batch.FRESH_FOR): each
-        check takes its answer once, or asks again. A change, a new connection or a proof drops
-        what is left. A host that cannot be reached is not asked: its questions fail where they
-        are asked, as they would have alone."""
-        batches = []
-        for questions, connect in (
-            (guest, lambda: self.guest().transport),
-            (qm, self._qm_transport),
-        ):
-            try:  # the guest first: its new connection drops what is kept
-                transport = connect() if questions else None
-            except PvepatchError:
-                continue
-            if isinstance(transport, RecordingTransport):
-                batches.append((transport, questions))
-        if len(batches) == 2:  # two hosts: the Proxmox host's batch runs beside the guest's
-            other = threading.Thread(
-                target=batches[1][0].fetch, args=(batches[1][1], timeout), daemon=True
-            )
-            other.start()
-            batches[0][0].fetch(batches[0][1], timeout)
-            other.join()
-        elif batches:
-            batches[0][0].fetch(batches[0][1], timeout)
-
-    def preflight_questions(self) -> dict[str, list[str]]:
-        """What the preflight's checks ask (tests_patch/test_10_preflight.py), to ask ahead."""
-        return {
-            "guest": Guest.asked(
-                "answers", "macs", "hostname", "free_root", "free_boot", "dpkg_audit"
-            ),
-            "qm": Qm.asked(
-                self.target.vmid,
-                "status",
-                "status",
-                "config",
-                "config",
-                "agent_ping",
-                "agent_host_name",
-            ),  # status and config: asked by two checks each (the lock check is test_15's)
-        }
-
-    def verify_questions(self) -> dict[str, list[str]]:
-        """What the verify stage's checks ask (tests_patch/test_50_verify.py, then
-        test_55_restart_proof.py's look at the VM as it is now), to ask ahead."""
-        guest = Guest.asked("answers", "virtio_port", "agent_service", "boot_id", "kernel")
-        if self.target.pihole is not None:
-            guest.append(service_question(self.target.pihole.service))
-        return {
-            "guest": guest,
-            "qm": Qm.asked(self.target.vmid, "agent_ping", "status", "run_status"),
-        }
-
-    def agent_questions(self) -> dict[str, list[str]]:
-        """What ensure_agent asks (testinfra detects the system first), and again what the
-        stage's checks ask after it (tests_patch/test_20_guest_agent.py): when ensure_agent
-        changes something, the second answers are dropped and the checks ask anew."""
-        checks = ("agent_package", "virtio_port", "agent_service")
-        return {
-            "guest": Guest.asked("system_type", "os_release", "arch", "systemd", *checks, *checks),
-            "qm": Qm.asked(self.target.vmid, "config", "config"),
-        }
-
     def apt(self) -> Apt:
         """apt in the guest; its detached commands re-attach over a fresh run connection and
         stop being followed when the run is interrupted."""
@@ -187,19 +98,10 @@ class VMCycle:
         )
 
     # --- the preconditions of every mutating qm command -------------------------------------
-    def proof_questions(self, *also: str) -> dict[str, list[str]]:
-        """What a proof asks (and the guest questions `also`), for `asked_together(**...)`."""
-        return {
-            "qm": Qm.asked(
-                self.target.vmid, "run_status", "config", "config_current", "agent_host_name"
-            ),
-            "guest": Guest.asked("macs", "hostname", *also),
-        }
-
     def prove_running(self, action: str, agent_required: bool = True) -> Proof:
         """Prove, right now, that this VM is running and bound right (MACs, agent host name,
         verified host key), or raise SafetyRefusal. Recorded either way."""
-        with self.asked_together(**self.proof_questions()):
+        with self.asked_together(*questions.proof(self.target)):
             guest: Guest | Exception
             try:
                 guest = self.guest()
@@ -218,7 +120,7 @@ class VMCycle:
         """Before changing anything inside the guest (apt, systemctl), whatever tests ran: the VM
         is running and bound right (the agent's host name when it answers), no Proxmox lock,
         room on / and /boot, and dpkg consistent. Raises SafetyRefusal with every reason."""
-        with self.asked_together(**self.proof_questions(*FIT)):
+        with self.asked_together(*questions.proof(self.target, *questions.FIT)):
             proof = self.prove_running(action, agent_required=False)
             guest, opts = self.guest(), self.options
             problems = []
@@ -252,8 +154,7 @@ class VMCycle:
 
     # --- stage 2: the guest agent ----------------------------------------------------------
     def ensure_agent(self) -> AgentOutcome:
-        asked = self.agent_questions()
-        self.ask_ahead(asked["guest"], asked["qm"])  # the stage's checks take the rest
+        self.ask_ahead(*questions.agent(self.target))  # the stage's checks take the rest
         return self._ensure_agent()
 
     def _ensure_agent(self) -> AgentOutcome:
@@ -287,7 +188,9 @@ class VMCycle:
 
     # --- stage 3: apt ------------------------------------------------------------------------
     def patch(self) -> AptRun:
-        with self.asked_together(**self.proof_questions(*FIT, "boot_id", "packages")):
+        with self.asked_together(
+            *questions.proof(self.target, *questions.FIT, "boot_id", "packages")
+        ):
             self.prove_fit_for_changes("patch")
             guest, apt = self.guest(), self.apt()
             run = AptRun(boot_id_before=guest.boot_id())

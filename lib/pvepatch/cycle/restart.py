@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from pvepatch.cycle import questions
 from pvepatch.cycle.admission import Admission, Candidate
 from pvepatch.cycle.record import Identity, RestartOutcome
 from pvepatch.cycle.wait import ticking, wait_for
@@ -30,8 +31,6 @@ class Cycle(Candidate, Protocol):
     def guest(self) -> Guest: ...
 
     def prove_running(self, action: str) -> Proof: ...
-
-    def proof_questions(self, *also: str) -> dict[str, list[str]]: ...
 
     def asked_together(
         self, guest: Sequence[str] = (), qm: Sequence[str] = ()
@@ -94,10 +93,10 @@ class Restart:
         """Right before the shutdown: the partners are healthy, nothing installs packages in
         the guest, and the VM is proven running and bound right."""
         outcome = self.outcome
-        asked = self.cycle.proof_questions("package_managers", "boot_id", "kernel")
+        asked = questions.proof(self.target, "package_managers", "boot_id", "kernel")
         try:
             self.admission.partners_healthy()
-            with self.cycle.asked_together(**asked):  # one round trip per host for all of it
+            with self.cycle.asked_together(*asked):  # one round trip per host for all of it
                 busy = self.cycle.guest().package_managers_running()
                 if busy:
                     raise SafetyRefusal(
