@@ -120,7 +120,7 @@ class VMCycle(Asking):
         """Before changing anything inside the guest (apt, systemctl), whatever tests ran: the VM
         is running and bound right (the agent's host name when it answers), no Proxmox lock,
         room on / and /boot, and dpkg consistent. Raises SafetyRefusal with every reason."""
-        with self.asked_together(*questions.proof(self.target, *questions.FIT)):
+        with self.asked_together(*questions.fit(self.target)):
             proof = self.prove_running(action, agent_required=False)
             guest, opts = self.guest(), self.options
             problems = []
@@ -188,9 +188,7 @@ class VMCycle(Asking):
 
     # --- stage 3: apt ------------------------------------------------------------------------
     def patch(self) -> AptRun:
-        with self.asked_together(
-            *questions.proof(self.target, *questions.FIT, "boot_id", "packages")
-        ):
+        with self.asked_together(*questions.fit(self.target, "boot_id", "packages")):
             self.prove_fit_for_changes("patch")
             guest, apt = self.guest(), self.apt()
             run = AptRun(boot_id_before=guest.boot_id())
@@ -199,9 +197,7 @@ class VMCycle(Asking):
         run.planned = apt.planned()
         run.upgrade = apt.dist_upgrade()
         run.autoremove = apt.autoremove()
-        # what is left after the apt run, and what the stage's checks ask (test_30_patch.py)
-        after = ("packages", "reboot_required", "boot_id", "planned", "packages", "dpkg_audit")
-        self.ask_ahead(guest=Guest.asked(*after), timeout=300.0)
+        self.ask_ahead(*questions.after_apt(), timeout=300.0)  # apt-get -s takes its time
         run.changes = diff_packages(before, apt.installed())
         run.reboot_required, run.reboot_packages = guest.reboot_required()
         run.boot_id_after = guest.boot_id()

@@ -38,6 +38,35 @@ def proof(target: Target, *also: str) -> Questions:
     )
 
 
+def fit(target: Target, *also: str) -> Questions:
+    """What a change inside the guest asks first: a proof, room and dpkg (and `also`)."""
+    return proof(target, *FIT, *also)
+
+
+def before_shutdown(target: Target) -> Questions:
+    """Right before the shutdown: a proof, whether apt/dpkg runs, and who the guest is now."""
+    return proof(target, "package_managers", "boot_id", "kernel")
+
+
+def before_start(target: Target) -> Questions:
+    """What proves the VM this run shut down stopped now (prove_stopped_by_us)."""
+    return Questions([], Qm.asked(target.vmid, "run_status", "config"))
+
+
+def back(target: Target) -> Questions:
+    """After SSH is back with a new boot: the first answers of the port and agent checks."""
+    return Questions(Guest.asked("virtio_port"), Qm.asked(target.vmid, "agent_ping"))
+
+
+def after_apt() -> Questions:
+    """What the patch action asks after the apt run, then what the stage's checks ask
+    (tests_patch/test_30_patch.py)."""
+    return Questions(
+        Guest.asked("packages", "reboot_required", "boot_id", "planned", "packages", "dpkg_audit"),
+        [],
+    )
+
+
 def preflight(target: Target) -> Questions:
     """What the preflight's checks ask (tests_patch/test_10_preflight.py and test_15's lock
     check): `qm status` and `qm config` twice, each check takes its own answer."""
@@ -45,7 +74,7 @@ def preflight(target: Target) -> Questions:
         Guest.asked("answers", "macs", "hostname", *FIT),
         Qm.asked(
             target.vmid, "status", "status", "config", "config", "agent_ping", "agent_host_name"
-        ),  # fmt: skip
+        ),
     )
 
 

@@ -93,7 +93,7 @@ class Restart:
         """Right before the shutdown: the partners are healthy, nothing installs packages in
         the guest, and the VM is proven running and bound right."""
         outcome = self.outcome
-        asked = questions.proof(self.target, "package_managers", "boot_id", "kernel")
+        asked = questions.before_shutdown(self.target)
         try:
             self.admission.partners_healthy()
             with self.cycle.asked_together(*asked):  # one round trip per host for all of it
@@ -212,7 +212,7 @@ class Restart:
         outcome, qm = self.outcome, self.qm
         assert self.proof is not None
         try:
-            with self.cycle.asked_together(qm=Qm.asked(qm.vmid, "run_status", "config")):
+            with self.cycle.asked_together(*questions.before_start(self.target)):
                 proof = prove_stopped_by_us(qm, self.target.proxmox.name, self.proof)
         except SafetyRefusal as exc:
             outcome.errors["start"] = f"start refused: {exc.reason}"
@@ -270,8 +270,7 @@ class Restart:
             boot_id = Guest(transport).boot_id()
             if boot_id == before:
                 return None
-            # the next two checks' first answers, from both hosts at once
-            self.cycle.ask_ahead(Guest.asked("virtio_port"), Qm.asked(target.vmid, "agent_ping"))
+            self.cycle.ask_ahead(*questions.back(target))  # both hosts at once
             return boot_id
 
         steps: list[_Step] = [

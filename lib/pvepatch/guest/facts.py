@@ -11,6 +11,12 @@ from testinfra.backend.base import CommandResult as TestinfraResult
 from pvepatch.proxmox.parse import AGENT_PORT
 from pvepatch.transport.command import CommandResult, Transport, quote
 
+
+def service_question(service: str) -> str:
+    """The line testinfra sends for `host.service(service).is_running` (on systemd)."""
+    return quote("systemctl is-active %s", service)
+
+
 # The read-only questions a Guest asks, by name: `Guest.asked` gives their command lines so a
 # caller can ask several in one round trip (VMCycle.asked_together) before asking them one by one.
 QUESTIONS = {
@@ -38,13 +44,8 @@ QUESTIONS = {
     "arch": "uname -m",
     "systemd": "test -d /run/systemd/system/",
     "agent_package": "dpkg-query -f '${Status}' -W qemu-guest-agent",
-    "agent_service": "systemctl is-active qemu-guest-agent",
+    "agent_service": service_question("qemu-guest-agent"),
 }
-
-
-def service_question(service: str) -> str:
-    """The line testinfra sends for `host.service(service).is_running` (on systemd)."""
-    return quote("systemctl is-active %s", service)
 
 
 class TransportBackend(BaseBackend):
