@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "faults":
             for fault in FAULTS.values():
                 scope = "guest" if fault.guest_script else "host"
-                print(f"{fault.name:<16} {scope:<6} {fault.summary}")
+                print(f"{fault.name:<20} {scope:<6} {fault.summary}")
         elif args.command == "sample":
             run_sampler(lab, args)
     except LabError as exc:

@@ -13,8 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pvelab.fleet import faults, roster
 from pvelab.image import debs, repo, updates
 from pvelab.image.build import Image
+from pvelab.paths import LabPaths
 
 APT_SIMULATION = """\
 NOTE: This is only a simulation!
@@ -160,6 +162,29 @@ def test_ensure_repo_second_call_reuses_cache(tmp_path: Path) -> None:
     assert (repo_dir / "Packages").stat().st_ino == (
         image.dir / "repo-0123456789abcdef" / "Packages"
     ).stat().st_ino
+
+
+def test_bad_update_fault_adds_both_versions_and_ensure_repo_restores(tmp_path: Path) -> None:
+    image, paths = fake_image(tmp_path), LabPaths(tmp_path / "lab")
+    cached = image.dir / "repo-0123456789abcdef"
+    repo.ensure_repo(image, paths.repo_dir, log=lambda _: None)
+    original = {p.name: p.read_bytes() for p in cached.iterdir()}
+
+    faults.offer_bad_update(paths, roster.by_name("pbs"))
+    index = packages_index(paths.repo_dir)
+    assert index["pvelab-bad-update"] == ["1.0-1", "1.1-1"]
+    assert index["pvelab-motd"] == [debs.IMAGE_VERSION, debs.UPDATE_VERSION]  # the rest kept
+    data = (paths.repo_dir / "Packages").read_bytes()
+    release = (paths.repo_dir / "Release").read_text()
+    assert f" {hashlib.sha256(data).hexdigest()} {len(data)} Packages\n" in release
+    assert {p.name: p.read_bytes() for p in cached.iterdir()} == original  # cache untouched
+
+    messages: list[str] = []
+    repo.ensure_repo(image, paths.repo_dir, log=messages.append)
+    assert messages == [f"[repo] {paths.repo_dir} ready"]
+    assert "pvelab-bad-update" not in packages_index(paths.repo_dir)
+    assert sorted(p.name for p in paths.repo_dir.glob("pvelab-bad-update*")) == []
+    assert (paths.repo_dir / "Packages").stat().st_ino == (cached / "Packages").stat().st_ino
 
 
 def free_port() -> int:

@@ -1,16 +1,24 @@
-"""Faults the lab can inject: real changes inside a guest (over SSH as root) or in its PVE conf.
+"""Faults the lab can inject: real changes inside a guest (over SSH as root), in its PVE conf,
+and on the host (the lab's apt repository, a VM's disks).
 
-Every fault is undone by `pvelab reset` (fresh overlay from the base image, fresh conf, re-seed),
-so none of them needs an undo of its own.
+Every fault is undone by `pvelab reset`: fresh overlay from the base image, fresh conf, the VM's
+other disks removed, re-seed, and (by `up`) the image's repository back in place of an altered
+one. None of them needs an undo of its own.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pvelab.fleet.roster import VM
+from pvelab.image import debs, recipe
+from pvelab.paths import LabPaths
 from pvelab.pve.vmconf import edited_conf
-from pvelab.sshcmd import LabError
+from pvelab.sshcmd import LabError, local_run
 
 AGENT_MISSING = """\
 set -e
@@ -131,15 +139,110 @@ systemctl is-active --quiet pvelab-slow-shutdown.service
 # Longer than 90 s, so a restart that stops waiting at 90 s is caught.
 SLOW_SHUTDOWN_SECONDS = 110
 
+# bad-update: the repository offers both versions; the guest gets the harmless one, so its next
+# dist-upgrade installs the one whose postinst masks the agent (other VMs never had the package).
+BAD_UPDATE = "pvelab-bad-update"
+BAD_UPDATE_GOOD = "1.0-1"
+BAD_UPDATE_BAD = "1.1-1"  # its postinst stops, disables and masks qemu-guest-agent.service
+BAD_UPDATE_SCRIPT = f"""\
+set -e
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y {BAD_UPDATE}={BAD_UPDATE_GOOD}
+test "$(dpkg-query -W -f '${{Status}} ${{Version}}' {BAD_UPDATE})" = "install ok installed {BAD_UPDATE_GOOD}"
+if ! systemctl is-active --quiet qemu-guest-agent; then
+    echo "pvelab fault bad-update: qemu-guest-agent is not running before the update" >&2
+    exit 1
+fi
+echo "{BAD_UPDATE} {BAD_UPDATE_GOOD} installed; the repository offers {BAD_UPDATE_BAD}"
+"""
+# repo.ensure_repo's stamp: which cached repository the directory holds. A fault that alters the
+# directory rewrites it, so the next `pvelab up` (and so `reset`) restores the image's repository.
+REPO_STAMP = ".pvelab-repo"
+REPO_INDEXES = ("Packages", "Packages.gz", "Release")
+
+# snapshot-unsupported: a data disk on raw storage, as a PBS VM may have; PVE cannot snapshot it.
+RAW_DISK_BYTES = 8 * 1024 * 1024
+RAW_DISK_CONF = "local:vm-{vmid}-disk-1.raw,size=8M"
+
+
+def raw_disk(paths: LabPaths, vmid: int) -> Path:
+    """The file behind `local:vm-<vmid>-disk-1.raw`."""
+    return paths.disks_dir / f"vm-{vmid}-disk-1.raw"
+
+
+def add_raw_disk(paths: LabPaths, vm: VM) -> None:
+    """Create the VM's second disk: an 8 MiB raw file (sparse) beside its overlay."""
+    disk = raw_disk(paths, vm.vmid)
+    disk.parent.mkdir(parents=True, exist_ok=True)
+    with open(disk, "wb") as out:
+        out.truncate(RAW_DISK_BYTES)
+
+
+def build_bad_update(version: str, out_dir: Path) -> Path:
+    """`pvelab-bad-update_<version>_all.deb` from its sources in debs/, @VERSION@ filled in.
+
+    Built here rather than by `debs.build_deb`: the debs module and the packages it builds are
+    part of the image recipe, and a package only this fault uses must not rebuild the image."""
+    src = debs.SOURCE_DIR / BAD_UPDATE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deb = out_dir / f"{BAD_UPDATE}_{version}_all.deb"
+    with tempfile.TemporaryDirectory(prefix=f"{BAD_UPDATE}-") as tmp:
+        tree = Path(tmp) / BAD_UPDATE
+        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+            target = tree / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(path.read_text().replace("@VERSION@", version))
+            target.chmod(0o755 if path.stat().st_mode & 0o111 else 0o644)
+        local_run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)])
+    return deb
+
+
+def bad_update_debs(paths: LabPaths) -> list[Path]:
+    """Both versions of pvelab-bad-update, built once per content of their sources (<lab>/faults/)."""
+    src = debs.SOURCE_DIR / BAD_UPDATE
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    cache = paths.root / "faults" / f"{BAD_UPDATE}-{recipe.recipe_hash(files, root=src)}"
+    versions = (BAD_UPDATE_GOOD, BAD_UPDATE_BAD)
+    built = [cache / f"{BAD_UPDATE}_{version}_all.deb" for version in versions]
+    if not all(deb.is_file() for deb in built):
+        tmp = cache.with_name(cache.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for version in versions:
+            build_bad_update(version, tmp)
+        shutil.rmtree(cache, ignore_errors=True)
+        tmp.rename(cache)
+    return built
+
+
+def offer_bad_update(paths: LabPaths, vm: VM) -> None:
+    """Add both versions of pvelab-bad-update to the lab's live repository and re-index it."""
+    from pvelab.image import repo  # pulls in the image build: only this fault needs it
+
+    repo_dir = paths.repo_dir
+    if not (repo_dir / REPO_STAMP).is_file():
+        raise LabError(f"no lab repository in {repo_dir}: bring the lab up first")
+    new = bad_update_debs(paths)
+    (repo_dir / REPO_STAMP).unlink()  # a new file: the stamp says the repository is altered
+    (repo_dir / REPO_STAMP).write_text(f"altered by pvelab fault bad-update ({vm.name})\n")
+    for deb in new:
+        shutil.copyfile(deb, repo_dir / deb.name)
+    # The indexes are hard links into the image cache: new files, never writes through the links.
+    for name in REPO_INDEXES:
+        (repo_dir / name).unlink(missing_ok=True)
+    repo.write_indexes(repo_dir)
+
 
 @dataclass(frozen=True)
 class Fault:
     name: str
     summary: str
     guest_script: str | None = None
-    conf: dict[str, str | None] = field(default_factory=dict)  # value None deletes the key
+    # Value None deletes the key; "{vmid}" in a value is the VM's id.
+    conf: dict[str, str | None] = field(default_factory=dict)
     role: str | None = None  # only VMs of this role can take the fault
     timeout: float = 180
+    host: Callable[[LabPaths, VM], None] | None = None  # host-side step, before the guest's
 
 
 FAULTS: dict[str, Fault] = {
@@ -162,6 +265,11 @@ FAULTS: dict[str, Fault] = {
         Fault("slow-shutdown", f"guest takes ~{SLOW_SHUTDOWN_SECONDS} s to power off (a unit's ExecStop sleeps)",
               SLOW_SHUTDOWN.format(seconds=SLOW_SHUTDOWN_SECONDS,
                                    stop_timeout=SLOW_SHUTDOWN_SECONDS + 120)),
+        Fault("bad-update", f"{BAD_UPDATE} {BAD_UPDATE_GOOD} installed; the repository offers "
+              f"{BAD_UPDATE_BAD}, whose postinst masks qemu-guest-agent",
+              BAD_UPDATE_SCRIPT, host=offer_bad_update),
+        Fault("snapshot-unsupported", "second disk virtio1 on raw storage: PVE cannot snapshot the VM",
+              None, {"virtio1": RAW_DISK_CONF}, host=add_raw_disk),
     )
 }  # fmt: skip
 
@@ -180,8 +288,8 @@ def check_applicable(fault: Fault, vm: VM) -> None:
         )
 
 
-def apply_conf(fault: Fault, text: str) -> str:
+def apply_conf(fault: Fault, text: str, vmid: int) -> str:
     """The VM's conf text with the fault's host-side edits made."""
     for key, value in fault.conf.items():
-        text = edited_conf(text, key, value)
+        text = edited_conf(text, key, None if value is None else value.format(vmid=vmid))
     return text

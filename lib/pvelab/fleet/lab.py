@@ -248,23 +248,29 @@ class Lab:
         self._save_state(pve_sshd_pid=None, repo_pid=None)
 
     def reset(self, vms: VMs = None, log: Log = print, timeout: float = UP_TIMEOUT) -> dict:
-        """Undo every fault: stop, fresh overlay from the base, fresh conf, re-seed; then `up`."""
+        """Undo every fault: stop, fresh overlay from the base, fresh conf, no other disks,
+        re-seed; then `up` (which also restores the image's repository if a fault altered it)."""
         selected = roster.select(vms)
         for vm in selected:
             how = self.stop_vm(vm)
             log(f"{vm.name}: {how}")
             self.paths.conf(vm.vmid).unlink(missing_ok=True)
-            self.paths.disk(vm.vmid).unlink(missing_ok=True)
+            # The overlay and any disk a fault added (snapshot-unsupported's raw disk).
+            for disk in self.paths.disks_dir.glob(f"vm-{vm.vmid}-disk-*"):
+                disk.unlink()
             seed.write_seed(self.paths, vm)
-            log(f"{vm.name}: conf and overlay removed; `up` recreates them from the base image")
+            log(f"{vm.name}: conf and disks removed; `up` recreates them from the base image")
         return self.up([vm.name for vm in selected], log=log, timeout=timeout)
 
     # -- faults -----------------------------------------------------------------------------
     def fault(self, name: str, vm: str | VM, log: Log = print) -> CommandResult | None:
-        """Inject fault `name` into `vm` (guest via SSH as root, and/or its conf)."""
+        """Inject fault `name` into `vm`: host side first, then the guest (via SSH as root), then
+        its conf."""
         flt = faults.get(name)
         guest = roster.by_name(vm) if isinstance(vm, str) else vm
         faults.check_applicable(flt, guest)
+        if flt.host is not None:
+            flt.host(self.paths, guest)
         result = None
         if flt.guest_script is not None:
             # `sync`: a fault must survive a hard power-off (qm stop) as well as a clean shutdown.
@@ -274,7 +280,7 @@ class Lab:
                 raise CommandError(result)
         if flt.conf:
             conf = self.paths.conf(guest.vmid)
-            conf.write_text(faults.apply_conf(flt, conf.read_text()))
+            conf.write_text(faults.apply_conf(flt, conf.read_text(), guest.vmid))
         log(f"{guest.name}: fault {name} applied ({flt.summary})")
         return result
 
