@@ -46,3 +46,14 @@ def test_dpkg_consistent_after_upgrade(upgrade, cycle):
 
 def test_guest_did_not_reboot_itself(upgrade):
     assert upgrade.boot_id_after == upgrade.boot_id_before, "the guest rebooted during the upgrade"
+
+
+def test_guest_agent_still_answers(upgrade, cycle, record, target):
+    """The update left the mandatory guest agent working (it may restart during the upgrade:
+    given up to 30 s)."""
+    if record.agent is not None and record.agent.deferred_to_restart:
+        pytest.skip("agent enabled in the VM config by this run: it starts after the restart")
+    assert cycle.agent_answers_after_update(), (
+        f"the guest agent of VM {target.vmid} stopped answering after the update "
+        f"(qm guest cmd {target.vmid} ping)"
+    )

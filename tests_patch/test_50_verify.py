@@ -60,3 +60,14 @@ def test_dns_blocks(target, record):
 @pytest.mark.pihole
 def test_dns_service_active(target, cycle):
     assert cycle.guest().host.service(target.pihole.service).is_running
+
+
+def test_pvepatch_snapshots_listed(cycle, record, target):
+    """pvepatch's snapshots of the VM and their ages; a warning for ones older than
+    --snapshot-max-age (forgotten snapshots fill the storage)."""
+    seen = cycle.list_snapshots()
+    taken = record.snapshot.name if record.snapshot and record.snapshot.taken else None
+    if taken:
+        assert taken in [name for name, _ in seen], (
+            f"this run's snapshot {taken} of VM {target.vmid} is not listed by Proxmox"
+        )

@@ -53,6 +53,11 @@ class FakeVM:
     apt_running: bool = False  # an apt/dpkg process runs in the guest (pgrep finds it)
     newest_kernel: str | None = None  # the newest /boot/vmlinuz-*, when not the running one
     sigterm_at: str | None = None  # "start"/"shutdown": that qm verb sends SIGTERM, once
+    bad_update: bool = False  # its dist-upgrade installs an update that kills the guest agent
+    agent_broken: bool = False  # the agent is installed but does not run (masked)
+    snapshot_error: str | None = None  # `qm snapshot` fails with this (a raw disk, say)
+    # name -> description, snaptime and the guest's state it holds (packages, agent)
+    snapshots: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def boot(self) -> None:
         self.running = True
@@ -148,7 +153,7 @@ class FakeFleet:
                 pkgs["qemu-guest-agent"] = "1:7.2"
             return _ok("".join(f"{n}\t{v}\tii \n" for n, v in pkgs.items()))
         if command.startswith("systemctl is-active"):
-            up = vm.agent_installed and port_present
+            up = vm.agent_installed and port_present and not vm.agent_broken
             return _ok("active\n" if up else "inactive\n", 0 if up else 3)
         if command.startswith("systemctl is-enabled"):
             return _ok("static\n", 0 if vm.agent_installed else 1)
@@ -170,6 +175,7 @@ class FakeFleet:
         words = shlex.split(command)
         verb = words[-1] if words[-1] in {"update", "dist-upgrade", "autoremove"} else None
         if verb == "dist-upgrade":
+            vm.agent_broken = vm.agent_broken or vm.bad_update
             vm.reboot_required = vm.reboot_required or bool(vm.updates)
             vm.packages.update(vm.updates)
             vm.updates = {}
@@ -258,7 +264,7 @@ class FakeFleet:
                 return _ok("", 2, "No QEMU guest agent configured\n")
             if not vm.running:
                 return _ok("", 2, f"VM {vm.vmid} is not running\n")
-            if not vm.agent_installed:
+            if not vm.agent_installed or vm.agent_broken:
                 return _ok("", 2, "QEMU guest agent is not running\n")
             if words[4] == "get-host-name":
                 return _ok(f'{{\n   "host-name" : "{vm.agent_name or vm.name}"\n}}\n')
@@ -294,7 +300,53 @@ class FakeFleet:
                 return _ok("", 255, "start failed: QEMU exited with code 1\n")
             vm.boot()
             return _ok()
+        if verb in {"snapshot", "listsnapshot", "rollback", "delsnapshot"}:
+            return self._snapshots(vm, verb, words)
         return _ok("", 255, f"fake pve: unsupported qm {verb}")
+
+    def _snapshots(self, vm: FakeVM, verb: str, words: list[str]) -> tuple[int, str, str]:
+        """PVE 8's snapshot commands: texts and exit codes of the reference, the guest's state
+        (packages, agent) kept in the snapshot; a rollback hard-stops a running VM."""
+        if verb == "listsnapshot":
+            out, depth = "", 0
+            for name, snap in sorted(self.snapshot_items(vm), key=lambda i: i[1]["snaptime"]):
+                prefix = " " * depth + "`->"
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["snaptime"]))  # type: ignore[arg-type]
+                desc = str(snap["description"]).split("\n")[0] or "no-description"
+                out += f"{prefix} {name:<{30 - len(prefix)}} {when:<23} {desc}\n"
+                depth += 1
+            prefix = " " * depth + "`->"
+            out += f"{prefix} {'current':<{30 - len(prefix)}} {'':<23} You are here!\n"
+            return _ok(out)
+        name = words[3]
+        if verb != "snapshot" and name not in vm.snapshots:
+            return _ok("", 255, f"snapshot '{name}' does not exist\n")
+        if vm.lock:
+            return _ok("", 255, f"VM is locked ({vm.lock})\n")
+        if verb == "snapshot":
+            if name in vm.snapshots:
+                return _ok("", 255, f"snapshot name '{name}' already used\n")
+            if vm.snapshot_error:
+                return _ok("", 255, f"{vm.snapshot_error}\n")
+            desc = words[words.index("--description") + 1] if "--description" in words else ""
+            state = (dict(vm.packages), dict(vm.updates), vm.agent_installed, vm.agent_broken)
+            vm.snapshots[name] = {"description": desc, "snaptime": time.time(), "state": state}
+            return _ok(f"snapshotting 'drive-virtio0' (local:vm-{vm.vmid}-disk-0)\n")
+        if verb == "delsnapshot":
+            del vm.snapshots[name]
+            return _ok()
+        if vm.running:  # __snapshot_rollback_vm_stop: a hard stop, then the VM stays stopped
+            time.sleep(0.2)
+            vm.running = False
+            self.max_down = max(self.max_down, self.down_count())
+        packages, updates, installed, broken = vm.snapshots[name]["state"]  # type: ignore[misc]
+        vm.packages, vm.updates = dict(packages), dict(updates)
+        vm.agent_installed, vm.agent_broken = installed, broken
+        return _ok()
+
+    @staticmethod
+    def snapshot_items(vm: FakeVM) -> list[tuple[str, dict[str, object]]]:
+        return list(vm.snapshots.items())
 
 
 # One part of a batch script (pvepatch.transport.batch.script): the command and its end mark.

@@ -65,4 +65,4 @@ def mutating(fleet: fakes.FakeFleet) -> list[tuple[str, str]]:
     return [(h, c) for h, c in fleet.commands if verbs.search(c)]
 
 
-STAGES = ("preflight", "guest_agent", "patch", "restart", "verify")
+STAGES = ("preflight", "guest_agent", "snapshot", "patch", "restart", "verify", "rollback")

@@ -46,10 +46,12 @@ def test_collect_orders_stages_vm_by_vm(suite, fleet):
         "test_10_preflight.py",
         "test_15_preflight_lock.py",
         "test_20_guest_agent.py",
+        "test_25_snapshot.py",
         "test_30_patch.py",
         "test_40_restart.py",
         "test_50_verify.py",
         "test_55_restart_proof.py",
+        "test_60_rollback.py",
     }
     assert fleet.connects == []
 

@@ -125,6 +125,7 @@ def vm_html(vm: dict[str, Any]) -> str:
     parts.append(_safety_html(vm))
     parts.append(_packages_html(vm))
     parts.append(_restart_html(vm.get("restart")))
+    parts.append(_snapshot_html(vm))
     parts.append(_links_html(vm.get("transcripts", {})))
     parts.append(_commands_html("qm commands on the Proxmox host", vm["qm_commands"], False))
     parts.append(_commands_html("in-guest commands", vm["guest_commands"], True))
@@ -202,6 +203,47 @@ def _restart_html(restart: dict[str, Any] | None) -> str:
     return (
         head + notes + _table(rows, ["event", "time", "seconds after shutdown"], "pvepatch-restart")
     )
+
+
+def _snapshot_html(vm: dict[str, Any]) -> str:
+    """The snapshot before the update, the rollback to it, pruning, the ones seen."""
+    snap, rollback, pruned = vm.get("snapshot"), vm.get("rollback"), vm.get("snapshots_pruned")
+    rows: list[tuple[str, Any]] = []
+    if snap and snap["name"]:
+        state = "taken" if snap["taken"] else f"FAILED: {snap['error']}"
+        rows.append(
+            ("snapshot before the update", f"{snap['name']} ({state}, {snap['seconds']} s)")
+        )
+    elif snap:
+        rows.append(("snapshot before the update", snap["skipped"] or snap["error"]))
+    if rollback and rollback["rolled_back"]:
+        rows.append(("ROLLED BACK", f"to {rollback['snapshot']} because {rollback['why']}"))
+        rows.append(
+            ("qm rollback", f"exit {rollback['rollback_rc']}, {rollback['rollback_seconds']} s")
+        )
+        errors = "; ".join(f"{k}: {v}" for k, v in rollback["errors"].items())
+        back = "passed" if rollback["healthy"] else (errors or "not all done")
+        rows.append(("checks after the rollback", back))
+        rows += [
+            ("package before the update", f"{name} {old or '(not installed)'}")
+            for name, old in sorted(rollback["packages_before"].items())
+        ]
+    elif rollback:
+        rows.append(("rollback", rollback["skipped"] or rollback["refused"] or rollback["errors"]))
+    if pruned and (pruned["deleted"] or pruned["errors"]):
+        rows.append(("older pvepatch snapshots deleted", ", ".join(pruned["deleted"]) or "none"))
+        rows += [(f"not deleted: {n}", why) for n, why in pruned["errors"].items()]
+    for seen in vm.get("snapshots_seen") or []:
+        age = seen["age_s"]
+        rows.append(
+            (
+                "pvepatch snapshot",
+                f"{seen['name']} ({age / 3600:.1f} h old)" if age else seen["name"],
+            )
+        )
+    if not rows:
+        return ""
+    return "<h4>snapshots</h4>" + _table(rows, ["", ""], "pvepatch-snapshots")
 
 
 def _links_html(transcripts: dict[str, str]) -> str:

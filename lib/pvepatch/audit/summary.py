@@ -18,7 +18,9 @@ from pvepatch.audit.ledger import iso
 from pvepatch.cycle.record import VMRecord, down_window, verdict
 from pvepatch.transport.command import CommandResult, tail
 
-STAGE_NAMES = ("preflight", "guest_agent", "patch", "restart", "verify")
+STAGE_NAMES = (
+    "preflight", "guest_agent", "snapshot", "patch", "restart", "verify", "rollback",
+)  # fmt: skip
 TAIL_LINES = 5
 TAIL_CHARS = 600
 RESTART_EVENTS = (
@@ -135,6 +137,7 @@ def vm_facts(record: VMRecord) -> dict[str, Any]:
         "notes": list(record.notes),
         "agent": dataclasses.asdict(record.agent) if record.agent else None,
         "restart": _restart_facts(restart) if restart else None,
+        **_snapshot_facts(record),
         "record_verdict": result,
         "record_reason": reason,
     }
@@ -181,6 +184,45 @@ def _restart_facts(restart: Any) -> dict[str, Any]:
         "hard_stop_rc": restart.hard_stop.rc if restart.hard_stop else None,
         "start_rc": restart.start.rc if restart.start else None,
     }
+
+
+def _snapshot_facts(record: VMRecord) -> dict[str, Any]:
+    """The snapshot before the update, the rollback to it, the pruning, the ones seen."""
+    snap, rollback, pruned = record.snapshot, record.rollback, record.pruned
+    facts: dict[str, Any] = {
+        "snapshot": None
+        if snap is None
+        else {
+            "name": snap.name,
+            "description": snap.description,
+            "skipped": snap.skipped,
+            "taken": snap.taken,
+            "error": snap.error,
+            "seconds": snap.seconds,
+        },
+        "rollback": None,
+        "snapshots_pruned": None
+        if pruned is None
+        else {
+            "skipped": pruned.skipped,
+            "kept": pruned.kept,
+            "deleted": pruned.deleted,
+            "errors": pruned.errors,
+        },
+        "snapshots_seen": [{"name": n, "age_s": a} for n, a in record.snapshots],
+    }
+    if rollback is not None:
+        facts["rollback"] = _restart_facts(rollback) | {
+            "snapshot": rollback.snapshot,
+            "why": rollback.why,
+            "skipped": rollback.skipped,
+            "rolled_back": rollback.rolled_back,
+            "healthy": "healthy" in rollback.times,
+            "rollback_rc": rollback.rollback.rc if rollback.rollback else None,
+            "rollback_seconds": rollback.seconds,
+            "packages_before": rollback.packages_before,
+        }
+    return facts
 
 
 def _down_facts(restart: Any) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from pvepatch.cycle import questions
@@ -12,12 +13,17 @@ from pvepatch.cycle.record import (
     Binding,
     Identity,
     ProofNote,
+    PruneOutcome,
     RestartOutcome,
+    RollbackOutcome,
+    SnapshotOutcome,
     VMRecord,
 )
 from pvepatch.cycle.restart import Restart
+from pvepatch.cycle.rollback import Rollback
+from pvepatch.cycle.snapshot import Snapshots
 from pvepatch.cycle.wait import wait_for
-from pvepatch.errors import SafetyRefusal, TransportError
+from pvepatch.errors import SafetyRefusal, TransportError, WaitTimeout
 from pvepatch.guest.apt import Apt, AptRun, diff_packages
 from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
@@ -53,6 +59,8 @@ class VMCycle(Asking):
         self.fleet = fleet
         self.progress: Progress = lambda line: progress(f"{self.target.name}: {line}")
         self.should_stop = should_stop  # the run's interrupt flag: a reason to stop, or None
+        self._snapshots: Snapshots | None = None
+        self._created = time.time()
         self._guest: Guest | None = None
         self._guest_inner: object | None = None
 
@@ -186,13 +194,36 @@ class VMCycle(Asking):
             outcome.started_by_run = True
         return outcome
 
-    # --- stage 3: apt ------------------------------------------------------------------------
+    # --- stage 3: the snapshot before the update --------------------------------------------
+    def snapshots(self) -> Snapshots:
+        if self._snapshots is None:
+            runstate = self.fleet.runstate
+            self._snapshots = Snapshots(self, runstate.started if runstate else self._created)
+        return self._snapshots
+
+    def take_snapshot(self) -> SnapshotOutcome:
+        return self.snapshots().take()
+
+    def _snapshot_gate(self) -> None:
+        """Whatever tests were selected: a VM whose snapshot was asked for is not updated
+        without it (taken here when the snapshot stage did not run)."""
+        if not self.snapshots().policy.enabled:
+            return
+        self.record.snapshot = snap = self.record.once("snapshot", self.take_snapshot)
+        if not snap.taken:
+            reason = f"its snapshot failed, so nothing was changed in it: {snap.error}"
+            self.record.refusals.append(f"patch: {reason}")
+            raise SafetyRefusal(self.target.vmid, reason)
+
+    # --- stage 4: apt ------------------------------------------------------------------------
     def patch(self) -> AptRun:
+        self._snapshot_gate()
         with self.asked_together(*questions.fit(self.target, "boot_id", "packages")):
             self.prove_fit_for_changes("patch")
             guest, apt = self.guest(), self.apt()
             run = AptRun(boot_id_before=guest.boot_id())
             before = apt.installed()
+        self.record.update_began = True
         run.update, run.lock_waits = apt.update()
         run.planned = apt.planned()
         run.upgrade = apt.dist_upgrade()
@@ -216,6 +247,35 @@ class VMCycle(Asking):
             state = "healthy again" if "healthy" in outcome.times else "NOT healthy"
             self.record.notes.append(f"{why} during its restart: the restart was finished, {state}")
         return outcome
+
+    def agent_answers_after_update(self) -> bool:
+        """`qm guest cmd ping` answers within 30 s (or --boot-timeout when shorter): the
+        upgrade may be restarting the agent."""
+        qm, timeout = self.qm(), min(30.0, self.options.boot_timeout)
+        try:
+            wait_for(
+                f"the guest agent of {self.target.name} to answer",
+                lambda: qm.agent_ping().ok,
+                timeout=timeout,
+                interval=2,
+                progress=self.progress,
+            )
+        except WaitTimeout:
+            return False
+        return True
+
+    # --- the end of the cycle: rollback, or pruning of older snapshots ----------------------
+    def rollback(self) -> RollbackOutcome:
+        snapshots = self.snapshots()
+        return Rollback(self, self.record, snapshots.policy, snapshots.proof).run()
+
+    def prune_snapshots(self) -> PruneOutcome:
+        return self.snapshots().prune(self.record)
+
+    def list_snapshots(self) -> list[tuple[str, float | None]]:
+        """pvepatch's snapshots of this VM and their ages (read-only; old ones get a note)."""
+        self.record.snapshots = self.snapshots().listed(self.record, self.options.snapshot_max_age)
+        return self.record.snapshots
 
     def identity(self) -> Identity:
         """The guest's boot and kernel, the hypervisor's QEMU process and its uptime, now."""

@@ -30,6 +30,10 @@ class Options:
     reboot: str = "always"
     canary: int = 0
     max_fail: int = 0
+    snapshot: bool = False  # --snapshot: a snapshot before each VM's update
+    rollback_on_failure: bool = False
+    snapshot_keep: int = 1  # pvepatch's own snapshots kept per VM after a good update
+    snapshot_max_age: float = 14 * 86400.0  # -m verify warns about older ones (seconds)
 
 
 @dataclass

@@ -132,6 +132,41 @@ class RestartOutcome:
 
 
 @dataclass
+class SnapshotOutcome:
+    """The snapshot taken before the VM's update (or why none was)."""
+
+    name: str | None = None
+    description: str = ""
+    skipped: str | None = None  # not requested for this VM
+    taken: bool = False
+    error: str | None = None  # PVE's message when `qm snapshot` failed
+    result: CommandResult | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class RollbackOutcome(RestartOutcome):
+    """The rollback to the snapshot (a restart whose way down is `qm rollback`)."""
+
+    snapshot: str | None = None
+    why: str | None = None  # the failure that made it roll back
+    rollback: CommandResult | None = None
+    rolled_back: bool = False
+    packages_before: dict[str, str | None] = field(default_factory=dict)  # before the update
+    seconds: float | None = None  # `qm rollback` alone
+
+
+@dataclass
+class PruneOutcome:
+    """Older pvepatch snapshots deleted after a good update (--snapshot-keep)."""
+
+    skipped: str | None = None
+    kept: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class StageFailure:
     stage: str
     order: int
@@ -153,12 +188,17 @@ class VMRecord:
     agent: AgentOutcome | None = None
     apt: AptRun | None = None
     restart: RestartOutcome | None = None
+    snapshot: SnapshotOutcome | None = None
+    rollback: RollbackOutcome | None = None
+    pruned: PruneOutcome | None = None
+    snapshots: list[tuple[str, float | None]] = field(default_factory=list)  # seen: name, age
     proofs: list[ProofNote] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # visible skips, e.g. no blocked name to test
     qm_commands: list[CommandResult] = field(default_factory=list)
     guest_commands: list[CommandResult] = field(default_factory=list)
     outcomes: dict[str, Any] = field(default_factory=dict)
+    update_began: bool = False  # apt was about to change the guest (a rollback may be due)
     not_started: str | None = None  # halted, interrupted or a canary failed before it began
 
     def once(self, key: str, action: Any) -> Any:
@@ -187,6 +227,16 @@ def verdict(record: VMRecord | None, left_down: str | None = None) -> tuple[str,
     if record is None:
         return "not run", ""
     if record.failure is not None:
+        rollback = record.rollback
+        if rollback is not None and rollback.rolled_back and "healthy" in rollback.times:
+            return "rolled back", (
+                f"{record.failure}; rolled back to snapshot {rollback.snapshot}, healthy again"
+            )
+        if rollback is not None and rollback.rolled_back:
+            return "failed", (
+                f"{record.failure}; rolled back to snapshot {rollback.snapshot}, but "
+                f"{rollback.reason('ssh_back', 'port_back', 'agent_back', 'dns_back')}"
+            )
         return "failed", str(record.failure)
     if record.not_started:
         return "not started", record.not_started

@@ -10,6 +10,7 @@ from typing import Protocol
 from pvepatch.cycle import questions
 from pvepatch.cycle.admission import Admission, Candidate
 from pvepatch.cycle.record import Identity, RestartOutcome
+from pvepatch.cycle.slots import Slot
 from pvepatch.cycle.wait import ticking, wait_for
 from pvepatch.errors import PvepatchError, SafetyRefusal, last_line, one_line
 from pvepatch.guest import dns
@@ -50,13 +51,13 @@ class Restart:
     so the stage's tests can say which step failed and why.
     """
 
-    def __init__(self, cycle: Cycle):
+    def __init__(self, cycle: Cycle, outcome: RestartOutcome | None = None):
         self.cycle = cycle
         self.target = cycle.target
         self.options = cycle.options
         self.fleet = cycle.fleet
         self.qm: Qm = cycle.qm()
-        self.outcome = RestartOutcome(method=cycle.options.restart_method)
+        self.outcome = outcome or RestartOutcome(method=cycle.options.restart_method)
         self.admission = Admission(cycle, self.outcome, self.qm)
         self.proof: Proof | None = None  # the running VM, proven right before it was taken down
         self._uncertain: str | None = None  # why the VM's state after an interruption is unknown
@@ -72,7 +73,7 @@ class Restart:
             outcome.skipped = skip
             return outcome
         try:
-            slots = self.admission.take_slots()
+            slots = self._take_slots()
         except PvepatchError as exc:
             why = self.fleet.stop_reason()
             if why:  # interrupted or halted while it waited: not a failure of this VM
@@ -88,6 +89,9 @@ class Restart:
             return outcome
         finally:
             self.admission.keep_or_release(slots, healthy)
+
+    def _take_slots(self) -> list[Slot]:
+        return self.admission.take_slots()
 
     def _ready(self) -> bool:
         """Right before the shutdown: the partners are healthy, nothing installs packages in

@@ -43,7 +43,16 @@ class RunState:
     @classmethod
     def create(cls, max_fail: int = 0) -> RunState:
         directory = Path(tempfile.mkdtemp(prefix="pvepatch-run-"))
+        (directory / "started").write_text(f"{time.time():.3f}\n")
         return cls(directory, max_fail=max_fail, owner=True)
+
+    @property
+    def started(self) -> float:
+        """When the run began (the controller's clock): the same for all its workers."""
+        try:
+            return float((self.directory / "started").read_text())
+        except (OSError, ValueError):
+            return self.directory.stat().st_mtime
 
     def remove(self) -> None:
         if self.owner:
@@ -95,6 +104,10 @@ class RunState:
     # --- VMs still down after their restart (they keep their slots until the run ends) ----
     def vm_stuck(self, vm: str) -> None:
         (self.directory / "stuck" / _name(vm)).touch()
+
+    def vm_unstuck(self, vm: str) -> None:
+        """It is healthy again (rolled back): it no longer holds the budget."""
+        (self.directory / "stuck" / _name(vm)).unlink(missing_ok=True)
 
     def stuck(self) -> list[str]:
         return sorted(_unname(p.name) for p in (self.directory / "stuck").iterdir())

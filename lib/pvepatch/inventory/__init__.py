@@ -178,9 +178,12 @@ class _Binder:
             pihole = build.pihole_spec(f, ssh, resolve, self.problems)
         pve = self._proxmox(binding[0], base_dir) if binding else None
         group = self.problems.attempt(lambda: build.redundancy_group(f))
+        snapshot = self.problems.attempt(lambda: build.snapshot_vars(f))
         if binding is None or ssh is None or pve is None or (pihole_wanted and pihole is None):
             return None
-        return Target(name, binding[1], pve, ssh, frozenset(groups), pihole, group)
+        if snapshot is None:
+            return None
+        return Target(name, binding[1], pve, ssh, frozenset(groups), pihole, group, snapshot)
 
     def redundancy(
         self,

@@ -9,7 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pvepatch.inventory.fields import Fields
-from pvepatch.inventory.model import PIHOLE_GROUP, VMID_MAX, VMID_MIN, PiholeSpec, SSHSpec
+from pvepatch.inventory.model import (
+    PIHOLE_GROUP,
+    VMID_MAX,
+    VMID_MIN,
+    PiholeSpec,
+    SnapshotVars,
+    SSHSpec,
+)
 from pvepatch.inventory.problems import Problems
 
 SSH_ARG_FIELDS = ("ansible_ssh_common_args", "ansible_ssh_extra_args")
@@ -120,6 +127,19 @@ def redundancy_group(f: Fields) -> str | None:
             f"{name!r} is not a group name (letters, digits, '.', '_', '-'; at most 64)",
         )
     return name
+
+
+SNAPSHOT_FIELDS = ("pvepatch_snapshot", "pvepatch_rollback_on_failure", "pvepatch_snapshot_keep")
+
+
+def snapshot_vars(f: Fields) -> SnapshotVars:
+    """The host's snapshot settings; each one absent stays None (the command line decides)."""
+    snap, rollback, keep = SNAPSHOT_FIELDS
+    return SnapshotVars(
+        snapshot=f.boolean(snap) if snap in f.vars else None,
+        rollback_on_failure=f.boolean(rollback) if rollback in f.vars else None,
+        keep=f.integer(keep, lo=1, hi=100) if keep in f.vars else None,
+    )
 
 
 def choice(f: Fields, name: str, allowed: tuple[str, ...], default: str) -> str:

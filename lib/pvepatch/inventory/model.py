@@ -54,6 +54,16 @@ class PiholeSpec:
 
 
 @dataclass(frozen=True)
+class SnapshotVars:
+    """`pvepatch_snapshot`, `pvepatch_rollback_on_failure`, `pvepatch_snapshot_keep` of one host
+    (host variables over group variables); None where the inventory does not set them."""
+
+    snapshot: bool | None = None
+    rollback_on_failure: bool | None = None
+    keep: int | None = None
+
+
+@dataclass(frozen=True)
 class Target:
     """One VM to patch or verify, explicitly bound to its VMID and Proxmox host."""
 
@@ -65,6 +75,8 @@ class Target:
     pihole: PiholeSpec | None = None
     # hosts sharing `pvepatch_redundancy_group` are never down together
     redundancy_group: str | None = None
+    # per-VM snapshot settings from the inventory (None: the command line decides)
+    snapshot: SnapshotVars = field(default_factory=lambda: SnapshotVars())
 
     def __str__(self) -> str:
         return f"{self.name} (VM {self.vmid} on {self.proxmox.name})"

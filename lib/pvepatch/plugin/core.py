@@ -15,6 +15,7 @@ from pvepatch.audit.summary import junit_properties
 from pvepatch.cycle.actions import VMCycle
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import VMRecord, verdict
+from pvepatch.cycle.snapshot import human_age
 from pvepatch.errors import one_line
 from pvepatch.inventory import Inventory, Target
 from pvepatch.plugin.interrupts import InterruptHooks
@@ -194,6 +195,8 @@ class PvepatchPlugin(InterruptHooks, WorkerExchange):
             return
         record = self.record(target)
         failure = record.failure
+        if stage.after_failure and self.mode == PATCH:
+            return  # its action decides whether it has something to do (cycle.rollback)
         if failure is not None and stage.order > failure.order:
             pytest.skip(f"earlier stage failed: {failure}")
         if record.not_started:
@@ -278,6 +281,9 @@ class PvepatchPlugin(InterruptHooks, WorkerExchange):
                 line(f"    refused {refusal}", yellow=True)
             for note in record.notes if record else []:
                 line(f"    note: {note}")
+            if record and record.snapshots:
+                shown = ", ".join(f"{n} ({human_age(age)} old)" for n, age in record.snapshots)
+                line(f"    pvepatch snapshots: {shown}")
         for target in self.inventory.targets:
             restart = getattr(self.records.get(target.name), "restart", None)
             if (
@@ -305,7 +311,13 @@ class PvepatchPlugin(InterruptHooks, WorkerExchange):
 
 RUN_KEY = pytest.StashKey[PvepatchPlugin]()
 # the action each mutating stage runs once per VM (VMRecord.once keys)
-_ACTION_OF_STAGE = {"guest_agent": "agent", "patch": "apt", "restart": "restart"}
+_ACTION_OF_STAGE = {
+    "guest_agent": "agent",
+    "snapshot": "snapshot",
+    "patch": "apt",
+    "restart": "restart",
+    "rollback": "rollback",
+}
 
 
 def target_of(item: pytest.Item) -> Target | None:

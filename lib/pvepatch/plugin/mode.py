@@ -15,6 +15,7 @@ class Stage(NamedTuple):
     name: str
     order: int
     mutating: bool
+    after_failure: bool = False  # runs after an earlier stage of its VM failed (the rollback)
 
 
 # The stages, in order; the mutating ones run only when the user's -m selected them.
@@ -23,9 +24,11 @@ STAGES = {
     for s in (
         Stage("preflight", 1, False),
         Stage("guest_agent", 2, True),
-        Stage("patch", 3, True),
-        Stage("restart", 4, True),
-        Stage("verify", 5, False),
+        Stage("snapshot", 3, True),
+        Stage("patch", 4, True),
+        Stage("restart", 5, True),
+        Stage("verify", 6, False),
+        Stage("rollback", 7, True, after_failure=True),
     )
 }
 # The identifiers of a -m expression (pytest's grammar: letters, digits, _ : + - . [ ] \ /).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -102,6 +103,33 @@ def add_options(parser: pytest.Parser) -> None:
         "asks (/var/run/reboot-required or a newer kernel); never: patch only, report who "
         "still needs one",
     )
+    group.addoption(
+        "--snapshot",
+        action="store_true",
+        help="snapshot each VM (qm snapshot, disk only) before its update; a VM whose snapshot "
+        "fails is not patched (per host: pvepatch_snapshot)",
+    )
+    group.addoption(
+        "--rollback-on-failure",
+        action="store_true",
+        help="with --snapshot: roll back a VM whose checks fail after its update, start it and "
+        "check it again (per host: pvepatch_rollback_on_failure)",
+    )
+    group.addoption(
+        "--snapshot-keep",
+        type=int,
+        default=1,
+        metavar="N",
+        help="pvepatch snapshots kept per VM after a good update; older ones are deleted "
+        "(default: %(default)s; per host: pvepatch_snapshot_keep)",
+    )
+    group.addoption(
+        "--snapshot-max-age",
+        default="14d",
+        metavar="AGE",
+        help="-m verify warns about pvepatch snapshots older than this (e.g. 36h, 14d; "
+        "default: %(default)s)",
+    )
     for name, kind, default, text in (
         ("--shutdown-timeout", int, 180, "seconds for the clean shutdown"),
         (
@@ -139,6 +167,9 @@ def check_options(config: pytest.Config) -> None:
         raise pytest.UsageError("pvepatch: --restart-pause must not be negative")
     if config.getoption("min_free_mb") < 0:
         raise pytest.UsageError("pvepatch: --min-free-mb must not be negative")
+    if not 1 <= config.getoption("snapshot_keep") <= 100:
+        raise pytest.UsageError("pvepatch: --snapshot-keep must be between 1 and 100")
+    max_age(config)
     if config.getoption("hard_stop_fallback") and config.getoption("restart_method") == "stop":
         raise pytest.UsageError(
             "pvepatch: --hard-stop-fallback only applies to --restart-method shutdown"
@@ -160,4 +191,23 @@ def options_from(config: pytest.Config) -> Options:
         reboot=config.getoption("reboot"),
         canary=config.getoption("canary"),
         max_fail=config.getoption("max_fail"),
+        snapshot=config.getoption("snapshot"),
+        rollback_on_failure=config.getoption("rollback_on_failure"),
+        snapshot_keep=config.getoption("snapshot_keep"),
+        snapshot_max_age=max_age(config),
     )
+
+
+_AGE = re.compile(r"(\d+)([smhdw]?)")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
+
+
+def max_age(config: pytest.Config) -> float:
+    """--snapshot-max-age in seconds: a whole number with s, m, h, d or w (bare: days)."""
+    text = str(config.getoption("snapshot_max_age")).strip().lower()
+    match = _AGE.fullmatch(text)
+    if not match or int(match.group(1)) == 0:
+        raise pytest.UsageError(
+            f"pvepatch: --snapshot-max-age must be a positive age such as 36h or 14d, got {text!r}"
+        )
+    return float(int(match.group(1)) * _UNIT_SECONDS[match.group(2)])

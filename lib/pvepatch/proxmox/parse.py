@@ -96,3 +96,40 @@ class RunStatus:
         return cls(
             kv.get("qmpstatus") or kv["status"], number("pid"), number("uptime"), kv.get("lock")
         )
+
+
+@dataclass(frozen=True)
+class SnapshotEntry:
+    """One line of `qm listsnapshot`: the name, its time as the host prints it (local time,
+    `%F %H:%M:%S`), the first line of its description, and its depth in the tree."""
+
+    name: str
+    time: str | None
+    description: str
+    depth: int
+
+
+# print_snapshot_tree (pve-guest-common GuestHelpers.pm): `printf("%s %-${len}s %-23s %s\n",
+# $prefix, $name, $timestring, $description)`, prefix "`->" indented one space per level.
+_SNAPSHOT_LINE = re.compile(
+    r"(?P<indent> *)`-> (?P<name>\S+)\s*?"
+    r"(?:\s+(?P<time>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}))?(?:\s+(?P<desc>.*?))?\s*"
+)
+
+
+def parse_listsnapshot(text: str) -> list[SnapshotEntry]:
+    """`qm listsnapshot <vmid>`: every snapshot, tree order, without the `current` line.
+    Raise ValueError on a line that is not part of PVE's tree."""
+    entries = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        match = _SNAPSHOT_LINE.fullmatch(line)
+        if not match:
+            raise ValueError(f"unexpected line in qm listsnapshot output: {line[:200]!r}")
+        if match["name"] == "current" and match["time"] is None:
+            continue  # `current ... You are here!`: where the VM is, not a snapshot
+        entries.append(
+            SnapshotEntry(match["name"], match["time"], match["desc"] or "", len(match["indent"]))
+        )
+    return entries

@@ -18,6 +18,8 @@ from pvepatch.proxmox.parse import RunStatus, agent_enabled, net_macs
 
 # A binding proof older than this is not trusted for a shutdown, stop or set.
 MAX_PROOF_AGE = 60.0
+# The status each action needs; every other action needs the VM running.
+WANTED_STATUS = {"qm start": ("stopped",), "qm rollback": ("running", "stopped")}
 _minting: ContextVar[bool] = ContextVar("pvepatch_minting_a_proof", default=False)
 
 
@@ -31,6 +33,12 @@ class QmView(Protocol):
     def config(self, current: bool = False) -> dict[str, str]: ...
 
     def agent_host_name(self) -> str: ...
+
+
+class SnapshotView(QmView, Protocol):
+    """The questions of a rollback's proof: the VM's snapshots too."""
+
+    def snapshots(self) -> list[Any]: ...
 
 
 class GuestView(Protocol):
@@ -71,9 +79,11 @@ class Proof:
             raise SafetyRefusal(vmid, f"the proof is for VM {self.vmid}, not VM {vmid}")
         if node is not None and node != self.node:
             raise SafetyRefusal(vmid, f"the proof is for VM {vmid} on {self.node}, not on {node}")
-        wanted = "stopped" if action == "qm start" else "running"
-        if self.status != wanted:
-            raise SafetyRefusal(vmid, f"{action} needs the VM {wanted}, Proxmox said {self.status}")
+        wanted = WANTED_STATUS.get(action, ("running",))
+        if self.status not in wanted:
+            raise SafetyRefusal(
+                vmid, f"{action} needs the VM {' or '.join(wanted)}, Proxmox said {self.status}"
+            )
         if self.lock and not skiplock:
             raise SafetyRefusal(
                 vmid, f"VM is locked ({self.lock}) on {self.node} (use --skiplock to override)"
@@ -183,6 +193,37 @@ def prove_same_process(qm: QmView, node: str, before: Proof) -> Proof:
             f"(was pid {before.pid}, now {status.status} pid {status.pid})",
         )
     return _after(before, status, config, f"same QEMU pid {status.pid} as proven before")
+
+
+def prove_holds_our_snapshot(qm: SnapshotView, node: str, before: Proof, snapshot: str) -> Proof:
+    """Prove, for `qm rollback`, that the VM is the one this run snapshotted: the proof made
+    right before the snapshot (`before`) was for this VM, the VM still has the NIC MACs proven
+    then, and it holds the snapshot this run made (a unique name). Running or stopped: a VM
+    whose update broke it may no longer answer over SSH or through its agent."""
+    if before.vmid != qm.vmid:
+        raise SafetyRefusal(qm.vmid, f"VM {qm.vmid} was not snapshotted by this run")
+    status, config, _ = _ask(qm, node, running=False)
+    try:
+        names = [s.name for s in qm.snapshots()]
+    except PvepatchError as exc:
+        raise SafetyRefusal(
+            qm.vmid,
+            f"Proxmox host {node} did not list the snapshots of VM {qm.vmid}: {one_line(exc)}",
+        ) from exc
+    if snapshot not in names:
+        raise SafetyRefusal(
+            qm.vmid,
+            f"VM {qm.vmid} on {node} has no snapshot '{snapshot}' (it has: "
+            f"{', '.join(names) or 'none'})",
+        )
+    missing = set(before.macs) - net_macs(config)
+    if missing:
+        raise SafetyRefusal(
+            qm.vmid,
+            f"VM {qm.vmid} on {node} no longer has the NIC MAC(s) {sorted(missing)} "
+            "proven before its snapshot",
+        )
+    return _after(before, status, config, f"holds this run's snapshot '{snapshot}'")
 
 
 def _after(before: Proof, status: RunStatus, config: dict[str, str], how: str) -> Proof:

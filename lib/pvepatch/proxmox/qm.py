@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pvepatch.errors import QmError, last_line
 from pvepatch.proxmox.parse import (
     RunStatus,
+    SnapshotEntry,
     parse_agent_output,
     parse_key_values,
+    parse_listsnapshot,
     parse_qm_status,
 )
 from pvepatch.proxmox.preconditions import Proof
@@ -25,7 +28,12 @@ QUESTIONS = {
     "config_current": "qm config %s --current",
     "agent_ping": "qm guest cmd %s ping",
     "agent_host_name": "qm guest cmd %s get-host-name",
+    "snapshots": "qm listsnapshot %s",
 }
+# PVE's snapshot names (pve-configid, maxLength 40; `current` and `pending` are reserved).
+SNAPSHOT_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]{1,39}")
+# How long a snapshot or a rollback may take (freezing the guest file systems included).
+SNAPSHOT_TIMEOUT = 600.0
 
 
 class Qm:
@@ -77,6 +85,10 @@ class Qm:
         `current=True`, the values the running VM uses (`--current`, pending changes left out)."""
         command = QUESTIONS["config_current" if current else "config"]
         return self._parsed(self._run(command, self.vmid), parse_key_values)  # type: ignore[no-any-return]
+
+    def snapshots(self) -> list[SnapshotEntry]:
+        """`qm listsnapshot`: the VM's snapshots, in PVE's tree order."""
+        return self._parsed(self._run(QUESTIONS["snapshots"], self.vmid), parse_listsnapshot)  # type: ignore[no-any-return]
 
     def agent(self, command: str, check: bool = True) -> CommandResult:
         """`qm guest cmd <vmid> <command>` (read-only commands only)."""
@@ -146,3 +158,46 @@ class Qm:
         proof.admit(self.vmid, "qm start", skiplock, node=self.transport.host)
         command = "qm start %s" + (" --skiplock 1" if skiplock else "")
         return self._run(command, self.vmid, timeout=120.0 + TASK_SLACK, mutating=True, check=False)
+
+    def snapshot(self, proof: Proof, name: str, description: str) -> CommandResult:
+        """`qm snapshot` (disk only; PVE freezes the guest file systems through the agent)."""
+        proof.admit(self.vmid, "qm snapshot", node=self.transport.host)
+        return self._run(
+            "qm snapshot %s %s --description %s",
+            self.vmid,
+            _snapshot_name(name),
+            description,
+            timeout=SNAPSHOT_TIMEOUT + TASK_SLACK,
+            mutating=True,
+            check=False,
+        )
+
+    def rollback(self, proof: Proof, name: str) -> CommandResult:
+        """`qm rollback`: PVE hard-stops a running VM first and leaves it stopped."""
+        proof.admit(self.vmid, "qm rollback", node=self.transport.host)
+        return self._run(
+            "qm rollback %s %s",
+            self.vmid,
+            _snapshot_name(name),
+            timeout=SNAPSHOT_TIMEOUT + TASK_SLACK,
+            mutating=True,
+            check=False,
+        )
+
+    def delsnapshot(self, proof: Proof, name: str) -> CommandResult:
+        """`qm delsnapshot`, never `--force` (a disk snapshot that cannot go stays listed)."""
+        proof.admit(self.vmid, "qm delsnapshot", node=self.transport.host)
+        return self._run(
+            "qm delsnapshot %s %s",
+            self.vmid,
+            _snapshot_name(name),
+            timeout=SNAPSHOT_TIMEOUT + TASK_SLACK,
+            mutating=True,
+            check=False,
+        )
+
+
+def _snapshot_name(name: str) -> str:
+    if not SNAPSHOT_NAME.fullmatch(name) or name.lower() in {"current", "pending"}:
+        raise ValueError(f"not a Proxmox snapshot name: {name!r}")
+    return name
