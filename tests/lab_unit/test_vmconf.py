@@ -48,6 +48,54 @@ def test_parse_pending_and_snapshot_sections_kept_apart() -> None:
     assert conf.sections["snap1"]["memory"] == "256"
 
 
+# The shape of QS9 src/test/snapshot-expected/create/qemu-server/301.conf (PD qm.adoc).
+SNAPSHOTS = """\
+#main%3A notes
+name: pbs
+parent: second
+
+[first]
+#before apt upgrade
+#second line
+name: pbs
+snaptime: 1767225600
+
+[second]
+name: pbs
+parent: first
+snaptime: 1767229200
+snapstate: prepare
+"""
+
+
+def test_parse_description_comments_of_each_snapshot_section() -> None:
+    conf = vmconf.parse_conf(SNAPSHOTS)
+    assert conf.main["description"] == "main: notes"
+    assert conf.sections["first"]["description"] == "before apt upgrade\nsecond line"
+    assert "description" not in conf.sections["second"]
+    assert conf.sections["second"] == {
+        "name": "pbs", "parent": "first", "snaptime": "1767229200", "snapstate": "prepare",
+    }  # fmt: skip
+
+
+def test_snapshot_description_round_trips_as_comments_first() -> None:
+    conf = vmconf.parse_conf(SNAPSHOTS)
+    text = vmconf.format_conf(conf)
+    assert "\n[first]\n#before apt upgrade\n#second line\nname: pbs\n" in text
+    assert vmconf.parse_conf(text) == conf
+
+
+def test_snapshots_are_the_sections_without_special_ones() -> None:
+    conf = vmconf.parse_conf(SNAPSHOTS + "\n[special:cloudinit]\nname: x\n")
+    assert sorted(conf.snapshots) == ["first", "second"]
+
+
+def test_special_sections_are_written_before_snapshots() -> None:
+    conf = vmconf.parse_conf(SNAPSHOTS + "\n[special:cloudinit]\nname: x\n")
+    text = vmconf.format_conf(conf)
+    assert text.index("[special:cloudinit]") < text.index("[first]")
+
+
 def test_current_applies_pending_unless_asked_not_to() -> None:
     conf = vmconf.parse_conf(CONF)
     assert conf.current(apply_pending=True)["memory"] == "512"
@@ -175,9 +223,23 @@ def test_qemu_argv_no_agent_devices_when_disabled(paths: LabPaths, agent: str) -
     assert "qga0" not in " ".join(_argv(paths, "name: x\n" + agent))
 
 
-def test_qemu_argv_disk_maps_to_overlay(paths: LabPaths) -> None:
-    pairs = _pairs(_argv(paths, CONF))
-    assert ("-drive", f"file={paths.disk(101)},if=virtio,format=qcow2") in pairs
+def test_qemu_argv_disk_maps_to_overlay_with_pve_ids(paths: LabPaths) -> None:
+    argv = _argv(paths, CONF)
+    i = argv.index("-drive")
+    assert argv[i : i + 4] == [
+        "-drive", f"file={paths.disk(101)},if=none,id=drive-virtio0,format=qcow2",
+        "-device", "virtio-blk-pci,drive=drive-virtio0,id=virtio0",
+    ]  # fmt: skip
+
+
+def test_qemu_argv_raw_volume_and_drive_order(paths: LabPaths) -> None:
+    argv = _argv(paths, "virtio1: local:vm-101-disk-1.raw,size=8M\n" + CONF)
+    drives = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-drive"]
+    assert drives == [
+        f"file={paths.disk(101)},if=none,id=drive-virtio0,format=qcow2",
+        f"file={paths.disks_dir / 'vm-101-disk-1.raw'},if=none,id=drive-virtio1,format=raw",
+    ]
+    assert ("-device", "virtio-blk-pci,drive=drive-virtio1,id=virtio1") in _pairs(argv)
 
 
 def test_qemu_argv_network_restricted_with_forwards(paths: LabPaths) -> None:

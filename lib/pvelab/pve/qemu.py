@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pvelab.paths import LabPaths, port_base
+from pvelab.pve.storage import volume
 from pvelab.pve.vmconf import ConfError, parse_agent, parse_property_string
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -72,13 +73,17 @@ def netdev_args(conf: dict[str, str], vmid: int, key: str) -> list[str]:
 
 
 def drive_args(conf: dict[str, str], vmid: int, key: str, paths: LabPaths) -> list[str]:
-    """`virtioN: local:vm-<vmid>-disk-<n>,size=2G` → the lab's qcow2 overlay for that volume."""
-    volume = conf[key].split(",", 1)[0]
-    match = re.fullmatch(r"[\w\-]+:(vm-(\d+)-disk-(\d+))", volume)
-    if not match or int(match.group(2)) != vmid:
-        raise ConfError(f"{key}: unsupported volume '{volume}' (lab knows local:vm-{vmid}-disk-N)")
-    disk = paths.disks_dir / f"{match.group(1)}.qcow2"
-    return ["-drive", f"file={disk},if=virtio,format=qcow2"]
+    """`virtioN: local:vm-<vmid>-disk-<n>[.raw],size=2G` → its file, with PVE's drive/device ids.
+
+    `id=drive-<key>` names the block backend QMP addresses (`blockdev-snapshot-internal-sync`
+    `{"device": "drive-virtio0"}`); the device keeps the config key as its id, as PVE's does.
+    """
+    try:
+        vol = volume(conf[key].split(",", 1)[0], vmid, paths)
+    except ConfError as exc:
+        raise ConfError(f"{key}: {exc}") from exc
+    drive = f"file={vol.path},if=none,id=drive-{key},format={vol.format}"
+    return ["-drive", drive, "-device", f"virtio-blk-pci,drive=drive-{key},id={key}"]
 
 
 def _indexed(conf: dict[str, str], prefix: str) -> list[str]:

@@ -56,6 +56,11 @@ class VMConf:
             conf.update({k: v for k, v in self.pending.items() if k != "delete"})
         return conf
 
+    @property
+    def snapshots(self) -> dict[str, dict[str, str]]:
+        """The snapshot sections (`[<name>]`), without `[special:...]` ones."""
+        return {k: v for k, v in self.sections.items() if not k.startswith("special:")}
+
     def apply_pending(self) -> None:
         """Fold `[PENDING]` into the main section (what PVE does at VM start)."""
         self.main = self.current(apply_pending=True)
@@ -63,16 +68,27 @@ class VMConf:
 
 
 def parse_conf(text: str) -> VMConf:
-    """Parse PVE config text; `#` lines of the main section become `description`."""
+    """Parse PVE config text; `#` lines become the `description` of their section.
+
+    As PVE's parse_vm_config: the main section, `[PENDING]` and each snapshot section each
+    have their own description comments (a `description:` key in the main section wins).
+    """
     conf = VMConf()
     target = conf.main
     desc: list[str] = []
+
+    def finish_description() -> None:
+        if desc and "description" not in target:
+            target["description"] = "\n".join(desc).rstrip()
+        desc.clear()
+
     for raw in text.splitlines():
         line = raw.rstrip("\n")
         if not line.strip():
             continue
         section = _SECTION_RE.match(line)
         if section:
+            finish_description()
             name = section.group(1)
             if name.upper() == "PENDING":
                 target = conf.pending
@@ -80,15 +96,13 @@ def parse_conf(text: str) -> VMConf:
                 target = conf.sections.setdefault(name, {})
             continue
         if line.startswith("#"):
-            if target is conf.main:
-                desc.append(urllib.parse.unquote(line[1:]))
+            desc.append(urllib.parse.unquote(line[1:]))
             continue
         match = _KEY_RE.match(line)
         if not match:
             raise ConfError(f"unable to parse config line: {line!r}")
         target[match.group(1)] = match.group(2)
-    if desc and "description" not in conf.main:
-        conf.main["description"] = "\n".join(desc)
+    finish_description()
     return conf
 
 
@@ -108,7 +122,8 @@ def format_conf(conf: VMConf) -> str:
     out = _format_section(conf.main)
     if conf.pending:
         out += "\n[PENDING]\n" + _format_section(conf.pending)
-    for name in sorted(conf.sections):
+    # PVE writes `[special:...]` sections before the snapshots (write_vm_config).
+    for name in sorted(conf.sections, key=lambda n: (not n.startswith("special:"), n)):
         out += f"\n[{name}]\n" + _format_section(conf.sections[name])
     return out
 

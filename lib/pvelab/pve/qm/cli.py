@@ -15,12 +15,14 @@ from typing import Any
 
 from pvelab.paths import LabPaths
 from pvelab.pve import vmconf, vmstate
-from pvelab.pve.qm import formats, guest, power
+from pvelab.pve.qm import formats, guest, power, snapconf, snapshot
 from pvelab.pve.qm.context import Context, QmError, check_lock, node_name
 from pvelab.pve.qm.options import Command, Option, UsageError, parse
 from pvelab.pve.qmp import MonitorError
 
 SKIPLOCK = Option("skiplock", "boolean")
+SNAPNAME = snapconf.snapname_error
+SNAPSHOT_OPT = Option("snapshot", check=SNAPNAME)
 TIMEOUT = Option("timeout", "integer", minimum=0)
 # `qm set` keys the lab supports; applied at once even while running (PVE "fast plug").
 SET_KEYS = ("agent", "args", "cores", "description", "memory", "name", "onboot", "ostype", "tags")
@@ -99,8 +101,12 @@ def list_(ctx: Context, p: dict[str, Any]) -> None:
 
 
 def config(ctx: Context, p: dict[str, Any]) -> None:
-    """`qm config [--current]`: sorted `key: value`, pending applied unless --current."""
-    conf = ctx.load(p["vmid"]).current(apply_pending=not p.get("current"))
+    """`qm config [--current|--snapshot <name>]`: sorted `key: value`, pending applied unless
+    --current; with --snapshot that snapshot's section (API vm_config)."""
+    if p.get("snapshot"):
+        conf = snapshot.snapshot_config(ctx, p, COMMANDS["config"].spec)
+    else:
+        conf = ctx.load(p["vmid"]).current(apply_pending=not p.get("current"))
     for key in sorted(conf):
         if key == "digest":
             continue
@@ -160,6 +166,10 @@ def _vm(name: str, *options: Option, **kw: Any) -> Command:
     return Command(name, ("vmid",), options, **kw)
 
 
+def _snap(name: str, *options: Option) -> Command:
+    return Command(name, ("vmid", "snapname"), options, arg_checks={"snapname": SNAPNAME})
+
+
 COMMANDS: dict[str, Entry] = {
     "start": Entry(
         _vm(
@@ -200,11 +210,21 @@ COMMANDS: dict[str, Entry] = {
     ),  # fmt: skip
     "reboot": Entry(_vm("reboot", TIMEOUT), power.reboot, task=True),
     "status": Entry(_vm("status", Option("verbose", "boolean")), status),
-    "config": Entry(_vm("config", Option("current", "boolean"), Option("snapshot")), config),
+    "config": Entry(_vm("config", Option("current", "boolean"), SNAPSHOT_OPT), config),
     "list": Entry(Command("list", (), (Option("full", "boolean"),)), list_),
     "set": Entry(_vm("set", SKIPLOCK, Option("delete"), *(Option(k) for k in SET_KEYS)), set_),
     "unlock": Entry(_vm("unlock"), unlock),
     "wait": Entry(_vm("wait", TIMEOUT), power.wait),
+    "snapshot": Entry(
+        _snap("snapshot", Option("description"), Option("vmstate", "boolean")),
+        snapshot.snapshot,
+        task=True,
+    ),
+    "listsnapshot": Entry(_vm("listsnapshot"), snapshot.listsnapshot),
+    "rollback": Entry(_snap("rollback", Option("start", "boolean")), snapshot.rollback, task=True),
+    "delsnapshot": Entry(
+        _snap("delsnapshot", Option("force", "boolean")), snapshot.delsnapshot, task=True
+    ),
     "guest cmd": Entry(
         Command("guest cmd", ("vmid", "command"), arg_enums={"command": guest.GUEST_COMMANDS}),
         guest.cmd,
@@ -253,12 +273,12 @@ def run(ctx: Context, argv: list[str]) -> int:
     except UsageError as exc:
         ctx.stderr.write(str(exc))
         return exc.rc
-    ctx.task = entry.task
+    ctx.task = entry.task  # a handler clears it for its checks before PVE's fork_worker
     try:
         entry.handler(ctx, params)
     except QmError as exc:
         ctx.stderr.write(f"{exc}\n")
-        return 255 if entry.task else exc.rc
+        return 255 if ctx.task else exc.rc
     return 0
 
 

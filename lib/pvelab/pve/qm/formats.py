@@ -1,10 +1,12 @@
-"""`qm` output formats: Perl JSON pretty printing, `qm list` printf, `status --verbose`."""
+"""`qm` output formats: Perl JSON pretty printing, `qm list` printf, `status --verbose`, the
+snapshot tree."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from time import localtime, strftime
 from typing import Any
 
 INDENT = "   "  # JSON::XS pretty: 3 spaces
@@ -117,3 +119,39 @@ def recursive_hash(key: str, value: Any, prefix: str = "") -> str:
 def status_verbose(stat: Mapping[str, Any]) -> str:
     """Sorted `key: value` lines, `cpu`/`relcpu` left out like PVE."""
     return "".join(recursive_hash(k, stat[k]) for k in sorted(stat) if k not in ("cpu", "relcpu"))
+
+
+@dataclass(frozen=True)
+class SnapshotItem:
+    """One item of PVE's snapshot list (API `snapshot_list`); `current` has no snaptime."""
+
+    name: str
+    snaptime: int | None
+    description: str
+    parent: str | None = None
+
+
+def snapshot_tree(items: Iterable[SnapshotItem]) -> str:
+    """GuestHelpers.pm print_snapshot_tree: children under their parent, by snaptime."""
+    by_name = {i.name: i for i in items}
+    children: dict[str, list[str]] = {}
+    roots = []
+    for item in by_name.values():
+        if item.parent and item.parent in by_name:
+            children.setdefault(item.parent, []).append(item.name)
+        else:
+            roots.append(item.name)
+
+    def order(names: list[str]) -> list[str]:  # no snaptime (`current`) sorts last
+        return sorted(names, key=lambda n: (by_name[n].snaptime is None, by_name[n].snaptime or 0))
+
+    def lines(prefix: str, name: str) -> str:
+        item = by_name[name]
+        text = item.description if item.description not in ("", "0") else "no-description"
+        description = text.split("\n")[0]
+        when = "" if item.snaptime is None else strftime("%F %H:%M:%S", localtime(item.snaptime))
+        width = max(0, 30 - len(prefix))
+        out = f"{prefix} {name:<{width}} {when:<23} {description}\n"
+        return out + "".join(lines(f" {prefix}", c) for c in order(children.get(name, [])))
+
+    return "".join(lines("`->", root) for root in order(roots))

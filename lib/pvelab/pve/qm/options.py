@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ class Option:
     kind: str = "string"  # boolean | integer | string
     minimum: int | None = None
     enum: tuple[str, ...] | None = None
+    check: Callable[[str], str | None] | None = None  # a format: None or the error text
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Command:
     options: tuple[Option, ...] = ()
     extra_args: bool = False
     arg_enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    arg_checks: dict[str, Callable[[str], str | None]] = field(default_factory=dict)
 
     def usage(self) -> str:
         words = ["qm", self.name, *(f"<{a}>" for a in self.args)]
@@ -120,6 +123,8 @@ def _check_value(cmd: Command, option: Option, value: str) -> Any:
                 cmd, option.name, f"value must have a minimum value of {option.minimum}"
             )
         return number
+    if option.check is not None and (error := option.check(value)) is not None:
+        raise _param_fail(cmd, option.name, error)
     if option.enum is not None and value not in option.enum:
         raise _param_fail(
             cmd,
@@ -159,6 +164,9 @@ def parse(cmd: Command, argv: list[str]) -> dict[str, Any]:
         if name == "vmid":
             values[name] = _check_vmid(cmd, value)
             continue
+        check = cmd.arg_checks.get(name)
+        if check is not None and (error := check(value)) is not None:
+            raise _param_fail(cmd, name, error)
         enum = cmd.arg_enums.get(name)
         if enum is not None and value not in enum:
             raise _param_fail(
