@@ -16,10 +16,12 @@ def test_apt_update_succeeded(upgrade):
     assert upgrade.update.ok
 
 
+@pytest.mark.update_check
 def test_dist_upgrade_succeeded(upgrade):
     assert upgrade.upgrade.ok
 
 
+@pytest.mark.update_check
 def test_autoremove_succeeded(upgrade):
     assert upgrade.autoremove.ok
 
@@ -40,6 +42,7 @@ def test_planned_versions_installed(upgrade, cycle):
     assert not wrong, f"planned versions not installed (planned, installed): {wrong}"
 
 
+@pytest.mark.update_check
 def test_dpkg_consistent_after_upgrade(upgrade, cycle):
     assert cycle.guest().dpkg_audit() == ""
 
@@ -48,6 +51,7 @@ def test_guest_did_not_reboot_itself(upgrade):
     assert upgrade.boot_id_after == upgrade.boot_id_before, "the guest rebooted during the upgrade"
 
 
+@pytest.mark.update_check
 def test_guest_agent_still_answers(upgrade, cycle, record, target):
     """The update left the mandatory guest agent working (it may restart during the upgrade:
     given up to 30 s)."""

@@ -43,13 +43,16 @@ def test_vm_started_by_proxmox(restart, reached):
     assert reached("started").started, restart.reason("start")
 
 
+@pytest.mark.update_check
 def test_ssh_back_with_new_boot(restart, reached):
     assert reached("ssh_back").ssh_back, restart.reason("ssh_back")
 
 
+@pytest.mark.update_check
 def test_virtio_port_back(restart, reached):
     assert reached("port_back").port_back, restart.reason("port_back")
 
 
+@pytest.mark.update_check
 def test_guest_agent_back(restart, reached):
     assert reached("agent_back").agent_back, restart.reason("agent_back")

@@ -15,29 +15,35 @@ def asked_ahead(record, cycle, target):
     record.once("verify questions", lambda: cycle.ask_ahead(*questions.verify(target)))
 
 
+@pytest.mark.update_check
 def test_ssh_answers(cycle):
     assert cycle.guest().answers().ok
 
 
+@pytest.mark.update_check
 def test_virtio_port_is_character_device(cycle):
     assert cycle.guest().virtio_port_is_chardev(), (
         f"{AGENT_PORT} is missing or not a character device"
     )
 
 
+@pytest.mark.update_check
 def test_guest_agent_service_active(cycle):
     assert cycle.guest().host.service("qemu-guest-agent").is_running
 
 
+@pytest.mark.update_check
 def test_guest_agent_ping(cycle, target):
     result = cycle.qm().agent_ping()
     assert result.ok, f"qm guest cmd {target.vmid} ping: {result.stderr.strip()}"
 
 
+@pytest.mark.update_check
 def test_vm_status_running(cycle):
     assert cycle.qm().status() == "running"
 
 
+@pytest.mark.update_check
 @pytest.mark.pihole
 def test_dns_resolves(target):
     spec = target.pihole
@@ -45,6 +51,7 @@ def test_dns_resolves(target):
     assert answer.resolved, f"{spec.server}:{spec.port} did not resolve {answer}"
 
 
+@pytest.mark.update_check
 @pytest.mark.pihole
 def test_dns_blocks(target, record):
     spec = target.pihole
@@ -57,6 +64,7 @@ def test_dns_blocks(target, record):
     assert answer.blocked, f"{spec.server}:{spec.port} did not block {answer}"
 
 
+@pytest.mark.update_check
 @pytest.mark.pihole
 def test_dns_service_active(target, cycle):
     assert cycle.guest().host.service(target.pihole.service).is_running

@@ -55,15 +55,13 @@ def test_healthy_after_rollback(rollback, reached):
     )
 
 
-def test_packages_as_before_the_update(rollback, reached, cycle):
-    """The packages the update changed have their versions from before it again."""
+def test_packages_as_before_the_update(rollback, reached, cycle, record):
+    """Every package is installed in the version it had right before the update."""
     reached("ssh_back")
-    installed = cycle.apt().installed()
-    wrong = {
-        name: (old, installed.get(name))
-        for name, old in rollback.packages_before.items()
-        if installed.get(name) != old
-    }
+    before = record.packages_before_update
+    assert before is not None, "the packages before the update were not recorded"
+    now = cycle.apt().installed()
+    wrong = {n: (before.get(n), now.get(n)) for n in {*before, *now} if before.get(n) != now.get(n)}
     assert not wrong, f"not as before the update (before, now): {wrong}"
 
 
@@ -76,6 +74,8 @@ def pruned(record, cycle):
     return record.pruned
 
 
-def test_older_pvepatch_snapshots_deleted(pruned, record):
+def test_older_pvepatch_snapshots_deleted(pruned, record, cycle):
     assert not pruned.errors, pruned.errors
-    assert record.snapshot.name in pruned.kept
+    listed = [s.name for s in cycle.qm().snapshots()]
+    assert record.snapshot.name in listed
+    assert not set(pruned.deleted) & set(listed), f"still listed: {listed}"

@@ -56,6 +56,8 @@ class FakeVM:
     bad_update: bool = False  # its dist-upgrade installs an update that kills the guest agent
     agent_broken: bool = False  # the agent is installed but does not run (masked)
     snapshot_error: str | None = None  # `qm snapshot` fails with this (a raw disk, say)
+    rollback_error: str | None = None  # `qm rollback` fails with this, the VM left as it is
+    update_fails: bool = False  # `apt-get update` cannot fetch the lists
     # name -> description, snaptime and the guest's state it holds (packages, agent)
     snapshots: dict[str, dict[str, object]] = field(default_factory=dict)
 
@@ -174,6 +176,8 @@ class FakeFleet:
     def apt(self, vm: FakeVM, command: str) -> tuple[int, str, str]:
         words = shlex.split(command)
         verb = words[-1] if words[-1] in {"update", "dist-upgrade", "autoremove"} else None
+        if verb == "update" and vm.update_fails:
+            return _ok("", 100, "E: Failed to fetch http://deb.example/dists/x/InRelease\n")
         if verb == "dist-upgrade":
             vm.agent_broken = vm.agent_broken or vm.bad_update
             vm.reboot_required = vm.reboot_required or bool(vm.updates)
@@ -335,6 +339,8 @@ class FakeFleet:
         if verb == "delsnapshot":
             del vm.snapshots[name]
             return _ok()
+        if vm.rollback_error:
+            return _ok("", 255, f"{vm.rollback_error}\n")
         if vm.running:  # __snapshot_rollback_vm_stop: a hard stop, then the VM stays stopped
             time.sleep(0.2)
             vm.running = False

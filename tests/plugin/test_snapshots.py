@@ -214,3 +214,67 @@ def test_bad_snapshot_options_are_refused_before_anything(pytester, fleet, args,
     assert result.ret != 0
     result.stderr.fnmatch_lines([f"*pvepatch: {message}*"])
     assert fleet.commands == []
+
+
+def test_a_failure_that_is_not_a_health_check_is_never_rolled_back(pytester, fleet):
+    """Deselecting the restart makes its proof in the verify stage fail: not the update's
+    fault, so the VM is not rolled back (the note says why and how to do it by hand)."""
+    result = run(
+        pytester, fleet, "-m", "patch", "--snapshot", "--rollback-on-failure",
+        "--deselect", "tests_patch/test_40_restart.py", "--limit", "pbs",
+    )  # fmt: skip
+    assert sent(fleet, r"qm rollback ") == []
+    result.stdout.fnmatch_lines(
+        ["*pbs (VM 101 on pve): FAILED (verify: test_boot_id_changed*",
+         "*not rolled back (its failure is not a health check after the update "
+         "(test_boot_id_changed)); to roll back on pve: qm rollback 101 pvepatch_*"]
+    )  # fmt: skip
+
+
+def test_a_failed_apt_update_is_not_rolled_back(pytester, fleet):
+    fleet.vms["pbs"].update_fails = True
+    result = run(
+        pytester, fleet, "-m", "patch", "--snapshot", "--rollback-on-failure", "--limit", "pbs"
+    )
+    assert sent(fleet, r"qm rollback ") == []
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED (patch: test_apt_update_succeeded*"])
+
+
+def test_the_vm_that_halts_the_run_is_still_rolled_back(pytester, fleet):
+    fleet.vms["pbs"].bad_update = True
+    result = run(
+        pytester, fleet, "-m", "patch", "--snapshot", "--rollback-on-failure", "--max-fail", "1"
+    )
+    assert len(sent(fleet, r"qm rollback 101 ")) == 1
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): ROLLED BACK*"])
+    assert sent(fleet, r"qm snapshot 10[23]") == []  # halted: no other VM began
+    assert not fleet.vms["pbs"].agent_broken
+
+
+def test_a_stuck_vm_whose_rollback_fails_keeps_the_down_budget(pytester, fleet):
+    """pbs comes back without SSH after its restart; its rollback fails: it still counts as
+    down, so no other VM is taken down (--max-down 1)."""
+    pbs = fleet.vms["pbs"]
+    pbs.ssh_after_boot = False
+    pbs.rollback_error = "VM is locked (backup)"
+    result = run(pytester, fleet, "-m", "patch", "--snapshot", "--rollback-on-failure")
+    assert len(sent(fleet, r"qm rollback 101 ")) == 1
+    assert sent(fleet, r"qm (shutdown|stop) 10[23]") == []
+    result.stdout.fnmatch_lines(
+        ["*pbs (VM 101 on pve): FAILED (restart: test_ssh_back_with_new_boot*",
+         "*pihole (VM 102 on pve): FAILED (restart: test_restart_allowed: *did not come back "
+         "healthy and hold(s) the down budget*"]
+    )  # fmt: skip
+
+
+def test_no_snapshot_is_pruned_after_an_interrupt(pytester, fleet):
+    """SIGTERM during pbs's start: pbs is brought back, but its older snapshot stays."""
+    pbs = fleet.vms["pbs"]
+    state = (dict(pbs.packages), dict(pbs.updates), True, False)
+    pbs.snapshots["pvepatch_20260101_000000"] = {
+        "description": "pvepatch: before patching pbs", "snaptime": 1.0, "state": state
+    }  # fmt: skip
+    pbs.sigterm_at = "start"
+    run(pytester, fleet, "-m", "patch", "--snapshot")
+    assert sent(fleet, r"qm delsnapshot ") == []
+    assert "pvepatch_20260101_000000" in pbs.snapshots

@@ -223,9 +223,10 @@ class VMCycle(Asking):
             guest, apt = self.guest(), self.apt()
             run = AptRun(boot_id_before=guest.boot_id())
             before = apt.installed()
-        self.record.update_began = True
+        self.record.packages_before_update = dict(before)
         run.update, run.lock_waits = apt.update()
         run.planned = apt.planned()
+        self.record.update_began = True  # the first change in the guest
         run.upgrade = apt.dist_upgrade()
         run.autoremove = apt.autoremove()
         self.ask_ahead(*questions.after_apt(), timeout=300.0)  # apt-get -s takes its time

@@ -172,6 +172,7 @@ class StageFailure:
     order: int
     test: str
     reason: str
+    update_check: bool = False  # a health check after the update failed (cycle.rollback)
 
     def __str__(self) -> str:
         return f"{self.stage}: {self.test}: {self.reason}"
@@ -198,7 +199,8 @@ class VMRecord:
     qm_commands: list[CommandResult] = field(default_factory=list)
     guest_commands: list[CommandResult] = field(default_factory=list)
     outcomes: dict[str, Any] = field(default_factory=dict)
-    update_began: bool = False  # apt was about to change the guest (a rollback may be due)
+    update_began: bool = False  # dist-upgrade was about to change the guest
+    packages_before_update: dict[str, str] | None = None  # installed right before the update
     not_started: str | None = None  # halted, interrupted or a canary failed before it began
 
     def once(self, key: str, action: Any) -> Any:
@@ -213,10 +215,12 @@ class VMRecord:
             raise value
         return value
 
-    def fail(self, stage: str, order: int, test: str, reason: str) -> None:
+    def fail(
+        self, stage: str, order: int, test: str, reason: str, update_check: bool = False
+    ) -> None:
         """Record the VM's first failure; later stages of this VM are skipped."""
         if self.failure is None:
-            self.failure = StageFailure(stage, order, test, reason)
+            self.failure = StageFailure(stage, order, test, reason, update_check)
 
 
 def verdict(record: VMRecord | None, left_down: str | None = None) -> tuple[str, str]:

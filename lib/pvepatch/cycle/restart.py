@@ -64,7 +64,7 @@ class Restart:
 
     def run(self) -> RestartOutcome:
         outcome = self.outcome
-        why = self.fleet.stop_reason()
+        why = self._stop_reason()
         if why:
             outcome.refused = f"not started: {why}"
             return outcome
@@ -75,7 +75,7 @@ class Restart:
         try:
             slots = self._take_slots()
         except PvepatchError as exc:
-            why = self.fleet.stop_reason()
+            why = self._stop_reason()
             if why:  # interrupted or halted while it waited: not a failure of this VM
                 outcome.skipped = f"not restarted: {why}"
             else:
@@ -88,10 +88,16 @@ class Restart:
             healthy = self._down_and_up()
             return outcome
         finally:
-            self.admission.keep_or_release(slots, healthy)
+            self._keep_or_release(slots, healthy)
+
+    def _stop_reason(self) -> str | None:
+        return self.fleet.stop_reason()
 
     def _take_slots(self) -> list[Slot]:
         return self.admission.take_slots()
+
+    def _keep_or_release(self, slots: list[Slot], healthy: bool) -> None:
+        self.admission.keep_or_release(slots, healthy)
 
     def _ready(self) -> bool:
         """Right before the shutdown: the partners are healthy, nothing installs packages in

@@ -18,9 +18,6 @@ from pvepatch.errors import PvepatchError, SafetyRefusal
 from pvepatch.proxmox.preconditions import Proof, prove_holds_our_snapshot
 from pvepatch.proxmox.qm import SNAPSHOT_TIMEOUT
 
-# The stages whose failure means the update broke the VM (its checks failed after it).
-AFTER_UPDATE = ("patch", "restart", "verify")
-
 
 def rollback_command(vmid: int, snapshot: str) -> str:
     return f"qm rollback {vmid} {snapshot} --start 1"
@@ -29,16 +26,16 @@ def rollback_command(vmid: int, snapshot: str) -> str:
 def why_not(record: VMRecord, policy: SnapshotPolicy) -> str | None:
     """Why this VM is not rolled back (None: it is). A VM that failed after its update and is
     not rolled back gets a note naming its snapshot and the command that rolls it back."""
-    failure, snap, restart = record.failure, record.snapshot, record.restart
+    failure, snap = record.failure, record.snapshot
     if failure is None:
         return "nothing to roll back: its checks passed"
     if snap is None or not snap.taken or snap.name is None:
         return "no snapshot of this run to roll back to"
-    if not record.update_began or failure.stage not in AFTER_UPDATE:
+    if not record.update_began:
         return "its update never began: nothing to roll back"
     by_hand = rollback_command(record.target.vmid, snap.name)
-    if failure.stage == "restart" and (restart is None or not restart.started):
-        why = "its restart failed before the VM was started again"
+    if not failure.update_check:  # a refusal, a failed shutdown or start, a check's own error
+        why = f"its failure is not a health check after the update ({failure.test})"
     elif not policy.rollback:
         why = "no --rollback-on-failure"
     else:
@@ -77,8 +74,10 @@ class Rollback(Restart):
         skip = why_not(self.record, self.policy)
         if skip is None and self.snapshot_proof is None:
             skip = "not rolled back: the proof made before its snapshot is gone (another process)"
-        if skip is None and self.fleet.stop_reason():
-            why = self.fleet.stop_reason()
+        runstate = self.fleet.runstate
+        interrupted = runstate.interrupted() if runstate is not None else None
+        if skip is None and interrupted:  # a --max-fail halt does not stop its own cure
+            why = f"run interrupted ({interrupted})"
             note = (
                 f"snapshot {self.snapshot} kept; not rolled back ({why}); to roll back: "
                 f"{rollback_command(self.target.vmid, self.snapshot)}"
@@ -90,10 +89,23 @@ class Rollback(Restart):
             return outcome
         self.cycle.progress(f"rolling back to {self.snapshot} ({outcome.why})")
         super().run()
-        runstate = self.fleet.runstate
         if "healthy" in outcome.times and runstate is not None:
             runstate.vm_unstuck(self.target.name)
         return outcome
+
+    def _stop_reason(self) -> str | None:
+        """Only an interrupt: a halt after --max-fail came from this VM's own failure."""
+        runstate = self.fleet.runstate
+        why = runstate.interrupted() if runstate is not None else None
+        return f"run interrupted ({why})" if why else None
+
+    def _keep_or_release(self, slots: list[Slot], healthy: bool) -> None:
+        """Slots it held since it came back unhealthy stay held unless it is healthy now, even
+        when the rollback was refused or failed before the VM went down."""
+        if self.reused and not healthy:
+            self.fleet.held[self.target.name] = slots
+            return
+        super()._keep_or_release(slots, healthy)
 
     def _reboot_not_wanted(self) -> str | None:
         return None  # decided in run()
@@ -113,6 +125,7 @@ class Rollback(Restart):
         (unless it holds its slots already: then no partner can be down with it)."""
         outcome = self.outcome
         assert self.snapshot_proof is not None
+        boot_id = self._boot_id()  # first: a hung guest must not age the proof
         try:
             if not self.reused:
                 self.admission.partners_healthy()
@@ -127,7 +140,7 @@ class Rollback(Restart):
             outcome.refused = str(exc)
             return False
         self.cycle.note("qm rollback", self.proof)
-        outcome.before = Identity(self._boot_id(), None, self.proof.pid)
+        outcome.before = Identity(boot_id, None, self.proof.pid)
         return True
 
     def _boot_id(self) -> str | None:

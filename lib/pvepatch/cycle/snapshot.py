@@ -152,7 +152,12 @@ class Snapshots:
             outcome.skipped = "no snapshot taken by this run: nothing to prune"
         elif record.failure is not None:
             outcome.skipped = "the VM failed: every snapshot is kept"
-        elif restart is None or not (restart.skipped or "healthy" in restart.times):
+        elif record.not_started or self.cycle.fleet.stop_reason():
+            why = record.not_started or self.cycle.fleet.stop_reason()
+            outcome.skipped = f"the run is stopping ({why}): every snapshot is kept"
+        elif restart is None or not (
+            "healthy" in restart.times or (restart.skipped or "").startswith("--reboot")
+        ):
             outcome.skipped = (
                 "the VM was not seen healthy after its restart: every snapshot is kept"
             )

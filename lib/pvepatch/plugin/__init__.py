@@ -31,6 +31,8 @@ MARKERS = {
     "verify": "part of the read-only health check (pytest -m verify)",
     "stage(name)": "the pvepatch stage a test belongs to: " + ", ".join(STAGES),
     "pihole": "runs only for Pi-hole VMs (group 'pihole' or pihole: true)",
+    "update_check": "a health check whose failure after the update is the update's fault "
+    "(such a VM is rolled back with --rollback-on-failure)",
     "xdist_group(name)": "pytest-xdist --dist loadgroup: the tests of one VM run on one worker",
 }
 STAGES_DIR = "tests_patch"

@@ -223,7 +223,8 @@ class PvepatchPlugin(InterruptHooks, WorkerExchange):
         if stage is not None and report.failed:
             reason = one_line(call.excinfo.value) if call.excinfo else "failed"
             name = getattr(item, "originalname", item.name)
-            self.record(target).fail(stage.name, stage.order, name, reason)
+            health = item.get_closest_marker("update_check") is not None
+            self.record(target).fail(stage.name, stage.order, name, reason, health)
             if runstate is not None and self.mode == PATCH:
                 runstate.vm_failed(target.name)
         if call.when == "teardown":
@@ -285,7 +286,20 @@ class PvepatchPlugin(InterruptHooks, WorkerExchange):
                 shown = ", ".join(f"{n} ({human_age(age)} old)" for n, age in record.snapshots)
                 line(f"    pvepatch snapshots: {shown}")
         for target in self.inventory.targets:
-            restart = getattr(self.records.get(target.name), "restart", None)
+            record = self.records.get(target.name)
+            rollback = record.rollback if record else None
+            if rollback is not None and rollback.rolled_back and "healthy" not in rollback.times:
+                line(
+                    f"!!! VM {target.name} was rolled back to {rollback.snapshot} but did not come "
+                    f"back healthy ({rollback.reason('start', 'ssh_back', 'port_back', 'agent_back', 'dns_back')}); "
+                    "check it",
+                    red=True,
+                    bold=True,
+                )
+                continue
+            if rollback is not None and "healthy" in rollback.times:
+                continue  # its rollback brought it back healthy
+            restart = record.restart if record else None
             if (
                 restart is not None
                 and "shutdown_sent" in restart.times

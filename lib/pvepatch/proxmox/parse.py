@@ -121,7 +121,8 @@ def parse_listsnapshot(text: str) -> list[SnapshotEntry]:
     """`qm listsnapshot <vmid>`: every snapshot, tree order, without the `current` line.
     Raise ValueError on a line that is not part of PVE's tree."""
     entries = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # PVE cuts a description at "\n" only (not at \r, \x0b, ...)
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         match = _SNAPSHOT_LINE.fullmatch(line)
