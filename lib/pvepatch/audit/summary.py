@@ -212,7 +212,11 @@ def _snapshot_facts(record: VMRecord) -> dict[str, Any]:
         "snapshots_seen": [{"name": n, "age_s": a} for n, a in record.snapshots],
     }
     if rollback is not None:
-        facts["rollback"] = _restart_facts(rollback) | {
+        restart_like = _restart_facts(rollback)
+        for event in restart_like["events"]:  # its way down is `qm rollback`, not a shutdown
+            if event["event"] == "shutdown_sent":
+                event["label"] = "qm rollback sent"
+        facts["rollback"] = restart_like | {
             "snapshot": rollback.snapshot,
             "why": rollback.why,
             "skipped": rollback.skipped,

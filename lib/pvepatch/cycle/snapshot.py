@@ -80,8 +80,10 @@ def age_of(name: str, now: float | None = None) -> float | None:
 def human_age(seconds: float | None) -> str:
     if seconds is None:
         return "age unknown"
+    if seconds < 120:
+        return f"{max(0, int(seconds))} s"
     if seconds < 3600:
-        return f"{max(0, int(seconds // 60))} min"
+        return f"{int(seconds // 60)} min"
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.0f} h"
     return f"{seconds / 86400:.0f} d"
