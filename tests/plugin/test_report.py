@@ -227,3 +227,29 @@ def test_redact_text_uses_the_runs_redactor(pytester):
     assert redact_text(config, "password=hunter2 s3cret-value") == f"password={MASK} s3cret-value"
     config.stash[REDACTOR_KEY] = Redactor(["s3cret-value"])
     assert redact_text(config, "password=hunter2 s3cret-value") == f"password={MASK} {MASK}"
+
+
+def test_a_rolled_back_vm_in_the_report_ledger_and_junit(suite):
+    fleet = reportkit.fleet_of(3)
+    fleet.vms["pbs"].bad_update = True
+    result, html = reportkit.run(suite, fleet, "-m", "patch", "--snapshot", "--rollback-on-failure")
+    page = html.read_text()
+    row = matrix_row(page, "pbs")
+    assert '<td class="rolled-back"><b>rolled back</b></td>' in row, row
+    pbs = section(page, "pbs")
+    name = next(c for _, c in fleet.commands if c.startswith("qm snapshot 101")).split()[3]
+    for text in (
+        f"{name} (taken,",
+        f"<td>ROLLED BACK</td><td>to {name} because patch: test_guest_agent_still_answers",
+        "<td>checks after the rollback</td><td>passed</td>",
+        "<td>package before the update</td><td>openssl 3.0.1-1</td>",
+    ):
+        assert text in pbs, text
+    records = ledger.read(html.with_suffix(".jsonl"))
+    facts = [r for r in records if r["type"] == "stage" and r["vm"] == "pbs"][-1]["facts"]
+    assert facts["record_verdict"] == "rolled back"
+    assert facts["rollback"]["healthy"] and facts["rollback"]["snapshot"] == name
+    assert facts["rollback"]["events"][0]["label"] == "qm rollback sent"
+    junit = ET.parse(html.with_suffix(".xml")).getroot()
+    props = [(p.get("name"), p.get("value")) for p in junit.iter("property")]
+    assert ("verdict", "rolled back") in props
