@@ -280,3 +280,18 @@ def test_a_record_survives_the_wire_and_its_down_window():
     assert down_window(RestartOutcome("shutdown")) is None
     with pytest.raises(ValueError):
         record_from_wire(record_to_wire(record), Target("x", 1, target.proxmox, target.ssh))
+
+
+def test_snapshots_and_a_rollback_under_workers(suite, monkeypatch):
+    """-n 2: every VM snapshotted once with the run's one name, whatever worker has it; the bad
+    update rolled back on the worker that patched it; the controller's summary says so."""
+    monkeypatch.setenv("PVEPATCH_FAKE_FAULTS", "pbs:bad_update")
+    result, _ = run(suite, "snap", "-m", "patch", "-n", "2", "--snapshot", "--rollback-on-failure")
+    sent = [c for f in fleets(suite).values() for _, c in f["commands"]]
+    snaps = [c.split() for c in sent if c.startswith("qm snapshot ")]
+    assert sorted(s[2] for s in snaps) == ["101", "102", "103"]
+    assert len({s[3] for s in snaps}) == 1, snaps  # one name: the controller's start time
+    assert [c for c in sent if c.startswith("qm rollback ")] == [f"qm rollback 101 {snaps[0][3]}"]
+    lines = summary(result)
+    assert any("pbs (VM 101 on pve): ROLLED BACK" in line for line in lines), lines
+    assert any("pihole (VM 102 on pve): ok" in line for line in lines), lines
