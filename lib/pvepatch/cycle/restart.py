@@ -202,19 +202,23 @@ class Restart:
                 f"qm stop failed ({_why(outcome.hard_stop)}); status: {self._status()}"
             )
             return False
+        return self._seen_stopped()
+
+    def _seen_stopped(self, after: str = "") -> bool:
+        """`qm status` says stopped within 60 s (after the command that stopped it)."""
         try:
             wait_for(
-                f"VM {self.target.vmid} to be stopped",
+                f"VM {self.target.vmid} to be stopped{after}",
                 lambda: self._status() == "stopped",
                 timeout=60,
                 interval=2,
                 progress=self.cycle.progress,
             )
         except PvepatchError as exc:
-            outcome.errors["stopped"] = str(exc)
+            self.outcome.errors["stopped"] = str(exc)
             return False
-        outcome.stopped = True
-        outcome.mark("stopped")
+        self.outcome.stopped = True
+        self.outcome.mark("stopped")
         return True
 
     # --- up ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pvepatch.cycle.record import Identity, RollbackOutcome, VMRecord
 from pvepatch.cycle.restart import Cycle, Restart, _why
 from pvepatch.cycle.slots import Slot
 from pvepatch.cycle.snapshot import SnapshotPolicy
-from pvepatch.cycle.wait import ticking, wait_for
+from pvepatch.cycle.wait import ticking
 from pvepatch.errors import PvepatchError, SafetyRefusal
 from pvepatch.proxmox.preconditions import Proof, prove_holds_our_snapshot
 from pvepatch.proxmox.qm import SNAPSHOT_TIMEOUT
@@ -165,17 +165,4 @@ class Rollback(Restart):
             return False
         outcome.rolled_back = True
         outcome.mark("rolled_back")
-        try:
-            wait_for(
-                f"VM {self.target.vmid} to be stopped after its rollback",
-                lambda: self._status() == "stopped",
-                timeout=60,
-                interval=2,
-                progress=self.cycle.progress,
-            )
-        except PvepatchError as exc:
-            outcome.errors["stopped"] = str(exc)
-            return False
-        outcome.stopped = True
-        outcome.mark("stopped")
-        return True
+        return self._seen_stopped(" after its rollback")
