@@ -29,7 +29,7 @@ SNAPSHOT_TESTS = {
 
 FLEET = {"pbs": 101, "pihole": 102, "pihole-backup": 103, "ca": 104, "grafana": 105}
 PIHOLES = ["pihole", "pihole-backup"]
-READ_ONLY_QM = {"status", "config", "list", "guest", "agent"}
+READ_ONLY_QM = {"status", "config", "list", "guest", "agent", "listsnapshot"}
 MUTATING_QM = {"start", "stop", "shutdown", "reboot", "set", "unlock"}
 TIMINGS: dict[str, float] = {}
 
