@@ -278,3 +278,24 @@ def test_no_snapshot_is_pruned_after_an_interrupt(pytester, fleet):
     run(pytester, fleet, "-m", "patch", "--snapshot")
     assert sent(fleet, r"qm delsnapshot ") == []
     assert "pvepatch_20260101_000000" in pbs.snapshots
+
+
+def test_rollback_without_any_snapshot_is_refused_before_anything(pytester, fleet):
+    result = run(pytester, fleet, "-m", "patch", "--rollback-on-failure")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*pvepatch: --rollback-on-failure needs --snapshot*"])
+    assert fleet.commands == []
+
+
+def test_a_vm_that_cannot_be_rolled_back_is_named_before_the_run(pytester, fleet):
+    inventory = fakes.STANDARD_INVENTORY.replace(
+        "vmid: 101, proxmox_host: pve}", "vmid: 101, proxmox_host: pve, pvepatch_snapshot: false}"
+    )
+    result = run(
+        pytester, fleet, "-m", "patch", "--snapshot", "--rollback-on-failure", inventory=inventory
+    )
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(
+        ["pvepatch: WARNING: pbs: rollback on failure is asked, but it gets no snapshot*"]
+    )
+    assert "WARNING: pihole:" not in result.stdout.str()

@@ -16,7 +16,7 @@ from pvepatch.errors import InventoryError
 from pvepatch.inventory import Target, load_inventory
 from pvepatch.plugin.core import PLUGIN_NAME, RUN_KEY, PvepatchPlugin
 from pvepatch.plugin.mode import STAGES, names_patch, stage_of, written_mode
-from pvepatch.plugin.options import add_options, check_options, options_from
+from pvepatch.plugin.options import add_options, check_options, options_from, snapshot_warnings
 from pvepatch.plugin.reporting import default_report_paths
 from pvepatch.plugin.workers import distribute_by_vm
 from pvepatch.transport.banner import ssh_banner
@@ -76,6 +76,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     _collect_the_stages(config)
     options = options_from(config)
+    inventory.warnings.extend(snapshot_warnings(inventory.targets, options))
     plugin = PvepatchPlugin(
         config,
         inventory,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 
 import pytest
 
 from pvepatch.cycle.options import REBOOT_POLICIES, Options
 from pvepatch.cycle.slots import MAX_SLOTS
-from pvepatch.inventory import DEFAULT_GROUP
+from pvepatch.cycle.snapshot import SnapshotPolicy
+from pvepatch.inventory import DEFAULT_GROUP, Target
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -196,6 +198,23 @@ def options_from(config: pytest.Config) -> Options:
         snapshot_keep=config.getoption("snapshot_keep"),
         snapshot_max_age=max_age(config),
     )
+
+
+def snapshot_warnings(targets: Iterable[Target], options: Options) -> list[str]:
+    """Rollback asked where no snapshot is taken: a usage error when no VM gets a snapshot, a
+    warning per VM whose inventory turns its snapshot off."""
+    policies = {t.name: SnapshotPolicy.of(t, options) for t in targets}
+    if options.rollback_on_failure and not any(p.enabled for p in policies.values()):
+        raise pytest.UsageError(
+            "pvepatch: --rollback-on-failure needs --snapshot (or pvepatch_snapshot: true in the "
+            "inventory): without a snapshot there is nothing to roll back to"
+        )
+    return [
+        f"{name}: rollback on failure is asked, but it gets no snapshot (pvepatch_snapshot): "
+        "it cannot be rolled back"
+        for name, policy in policies.items()
+        if policy.rollback and not policy.enabled
+    ]
 
 
 _AGE = re.compile(r"(\d+)([smhdw]?)")
