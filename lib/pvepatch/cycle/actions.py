@@ -279,6 +279,11 @@ class VMCycle(Asking):
         return self.record.snapshots
 
     def identity(self) -> Identity:
-        """The guest's boot and kernel, the hypervisor's QEMU process and its uptime, now."""
-        guest, status = self.guest(), self.qm().run_status()
-        return Identity(guest.boot_id(), guest.kernel(), status.pid, status.uptime)
+        """The guest's boot and kernel, the hypervisor's QEMU process and its uptime, now. The
+        uptime is read fresh and `at` is when it was read: an answer asked ahead may be seconds
+        old, and the restart proof compares the uptime with the time since our start."""
+        guest = self.guest()
+        boot_id, kernel = guest.boot_id(), guest.kernel()
+        self._asked.clear()
+        status = self.qm().run_status()
+        return Identity(boot_id, kernel, status.pid, status.uptime, at=time.time())
