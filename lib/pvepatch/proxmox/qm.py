@@ -161,36 +161,26 @@ class Qm:
 
     def snapshot(self, proof: Proof, name: str, description: str) -> CommandResult:
         """`qm snapshot` (disk only; PVE freezes the guest file systems through the agent)."""
-        proof.admit(self.vmid, "qm snapshot", node=self.transport.host)
-        return self._run(
-            "qm snapshot %s %s --description %s",
-            self.vmid,
-            _snapshot_name(name),
-            description,
-            timeout=SNAPSHOT_TIMEOUT + TASK_SLACK,
-            mutating=True,
-            check=False,
-        )
+        return self._snapshot_task(proof, "snapshot", name, "--description %s", description)
 
     def rollback(self, proof: Proof, name: str) -> CommandResult:
         """`qm rollback`: PVE hard-stops a running VM first and leaves it stopped."""
-        proof.admit(self.vmid, "qm rollback", node=self.transport.host)
-        return self._run(
-            "qm rollback %s %s",
-            self.vmid,
-            _snapshot_name(name),
-            timeout=SNAPSHOT_TIMEOUT + TASK_SLACK,
-            mutating=True,
-            check=False,
-        )
+        return self._snapshot_task(proof, "rollback", name)
 
     def delsnapshot(self, proof: Proof, name: str) -> CommandResult:
         """`qm delsnapshot`, never `--force` (a disk snapshot that cannot go stays listed)."""
-        proof.admit(self.vmid, "qm delsnapshot", node=self.transport.host)
+        return self._snapshot_task(proof, "delsnapshot", name)
+
+    def _snapshot_task(
+        self, proof: Proof, verb: str, name: str, options: str = "", *values: str
+    ) -> CommandResult:
+        """`qm <verb> <vmid> <name> [options]` on `proof`; the result, never raising on rc."""
+        proof.admit(self.vmid, f"qm {verb}", node=self.transport.host)
         return self._run(
-            "qm delsnapshot %s %s",
+            f"qm {verb} %s %s {options}".rstrip(),
             self.vmid,
             _snapshot_name(name),
+            *values,
             timeout=SNAPSHOT_TIMEOUT + TASK_SLACK,
             mutating=True,
             check=False,
