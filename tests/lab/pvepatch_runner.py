@@ -8,6 +8,7 @@ import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -74,6 +75,13 @@ def start_pvepatch(inventory: Path, workdir: Path, *args: str) -> subprocess.Pop
         start_new_session=True,
         env={**os.environ, "PYTHONPATH": str(PROJECT / "lib")},
     )
+
+
+def versions(lab: Any, vm: str) -> dict[str, str]:
+    """The packages installed in `vm` and their versions, as dpkg has them now."""
+    rc, out, err = lab.guest_run(vm, "dpkg-query -W -f '${Package} ${Version}\\n'")
+    assert rc == 0, err
+    return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
 
 def calls_of(log: list[dict], verb: str, vmid: int) -> list[dict]:

@@ -15,7 +15,7 @@ import yaml
 from pvelab.fleet.lab import Lab
 from pvelab.fleet.roster import by_name
 from pvelab.fleet.sampler import sampling
-from pvepatch_runner import PvepatchRun, calls_of, run_pvepatch, start_pvepatch
+from pvepatch_runner import PvepatchRun, calls_of, run_pvepatch, start_pvepatch, versions
 
 pytestmark = pytest.mark.lab
 # The snapshot and rollback stages' tests: skipped in a run without --snapshot.
@@ -37,12 +37,6 @@ TIMINGS: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("e2e")
-
-
-def versions(lab: Lab, vm: str) -> dict[str, str]:
-    rc, out, err = lab.guest_run(vm, "dpkg-query -W -f '${Package} ${Version}\\n'")
-    assert rc == 0, err
-    return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
 
 def boot_id(lab: Lab, vm: str) -> str:

@@ -20,17 +20,11 @@ from types import SimpleNamespace
 
 import pytest
 from pvelab.fleet.lab import Lab
-from pvepatch_runner import calls_of, run_pvepatch
+from pvepatch_runner import calls_of, run_pvepatch, versions
 
 pytestmark = pytest.mark.lab
 PBS, CA, GRAFANA = ("pbs", 101), ("ca", 104), ("grafana", 105)
 SNAPSHOT = re.compile(r"pvepatch_\d{8}_\d{6}")
-
-
-def versions(lab: Lab, vm: str) -> dict[str, str]:
-    rc, out, err = lab.guest_run(vm, "dpkg-query -W -f '${Package} ${Version}\\n'")
-    assert rc == 0, err
-    return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
 
 def agent_state(lab: Lab, vm: str) -> str:
