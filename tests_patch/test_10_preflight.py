@@ -2,6 +2,7 @@
 
 import pytest
 from pvepatch.cycle import questions
+from pvepatch.proxmox.cluster import HA_HANDS_OFF
 
 pytestmark = [pytest.mark.stage("preflight"), pytest.mark.verify, pytest.mark.patch]
 
@@ -18,6 +19,43 @@ def binding(record, cycle):
     """The binding as Proxmox and the guest report it (observed once per VM, read-only)."""
     record.binding = record.once("binding", cycle.observe_binding)
     return record.binding
+
+
+@pytest.fixture
+def cluster(cycle):
+    """What the cluster says of the VM: node, HA, quorum, pending changes, backups (observed
+    once per VM, read-only)."""
+    return cycle.cluster_facts()
+
+
+def test_vm_is_on_its_inventory_node(cluster):
+    """/cluster/resources puts the VM on the node of its inventory proxmox_host."""
+    assert "node" not in cluster.problems, cluster.problems.get("node")
+
+
+def test_cluster_is_quorate(cluster):
+    assert "quorum" not in cluster.problems, cluster.problems.get("quorum")
+
+
+def test_ha_state_lets_pvepatch_act(cluster, cycle):
+    """HA is not busy with the VM (error, fence, recovery, freeze, migrate, relocate); a patch
+    run also leaves HA-managed VMs alone."""
+    assert cluster.hastate not in HA_HANDS_OFF, cluster.problems.get("ha")
+    if cycle.patching:
+        assert not cluster.ha_managed, cluster.problems.get("ha")
+
+
+def test_no_pending_config_changes(cluster):
+    """No pending config change a restart would apply unannounced (--apply-pending allows
+    them; the restart's record lists them)."""
+    assert "pending" not in cluster.problems, cluster.problems.get("pending")
+
+
+def test_newest_backup_is_recent(cluster, options):
+    if options.max_backup_age is None:
+        pytest.skip("no --max-backup-age given")
+    assert cluster.backup_checked
+    assert "backup" not in cluster.problems, cluster.problems.get("backup")
 
 
 def test_ssh_answers_with_verified_host_key(cycle):

@@ -6,6 +6,7 @@ against the lab's real VMs (tests/lab).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -60,6 +61,12 @@ class FakeVM:
     update_fails: bool = False  # `apt-get update` cannot fetch the lists
     # name -> description, snaptime and the guest's state it holds (packages, agent)
     snapshots: dict[str, dict[str, object]] = field(default_factory=dict)
+    node: str = "pve"  # the cluster node its config is on (qm on another node cannot see it)
+    hastate: str | None = None  # its HA state in /cluster/resources; None: not an HA resource
+    backups: list[float] = field(default_factory=list)  # epoch times of its backups
+    extra_config: dict[str, str] = field(default_factory=dict)  # more `qm config` keys
+    # what an admin does to it while its dist-upgrade runs (a config edit, a migration)
+    during_update: dict[str, object] = field(default_factory=dict)
 
     def boot(self) -> None:
         self.running = True
@@ -86,6 +93,7 @@ class FakeFleet:
         # the fake Proxmox host's down slots: the real slot script, run on this machine
         self.slot_dir = tempfile.mkdtemp(prefix="pvepatch-fake-slots-")
         self.units: dict[str, tuple[int, str, str]] = {}  # detached apt: unit -> rc, out, err
+        self.quorate = True  # what `pvecm status` says
 
     def factory(self, name: str, spec: SSHSpec) -> FakeTransport:
         self.connects.append(name)
@@ -183,6 +191,8 @@ class FakeFleet:
             vm.reboot_required = vm.reboot_required or bool(vm.updates)
             vm.packages.update(vm.updates)
             vm.updates = {}
+            vm.pending.update(vm.during_update.pop("pending", {}))  # type: ignore[call-overload]
+            vm.node = str(vm.during_update.pop("node", vm.node))
         elif "install" in words and "qemu-guest-agent" in words:
             vm.agent_installed = True
         return _ok("Reading package lists...\n")
@@ -221,15 +231,84 @@ class FakeFleet:
             os.kill(os.getpid(), signal.SIGTERM)
         return result
 
+    def _cluster(self, words: list[str]) -> tuple[int, str, str]:
+        """pvesh and pvecm as PVE 8 answers them (reference §2.1, §2.3, §5)."""
+        if words == ["pvecm", "status"]:
+            quorate = "Yes" if self.quorate else "No"
+            text = (
+                "Cluster information\n-------------------\nName:             pvelab\n\n"
+                "Quorum information\n------------------\nNodes:            2\n"
+                f"Quorate:          {quorate}\n"
+            )
+            return _ok(text, 1 if self.quorate else 0)  # pvecm exits 1 when quorate
+        path = words[2] if len(words) > 2 and words[:2] == ["pvesh", "get"] else ""
+        if path == "/cluster/resources":
+            entries = []
+            for vm in self.vms.values():
+                entry: dict[str, object] = {
+                    "id": f"qemu/{vm.vmid}",
+                    "vmid": vm.vmid,
+                    "node": vm.node,
+                    "type": "qemu",
+                    "name": vm.name,
+                    "status": "running" if vm.running else "stopped",
+                }
+                if vm.hastate:
+                    entry["hastate"] = vm.hastate
+                entries.append(entry)
+            return _ok(json.dumps(entries, sort_keys=True) + "\n")
+        if re.fullmatch(r"/nodes/[a-z0-9-]+/storage", path):
+            return _ok('[{"active":1,"content":"backup,iso","enabled":1,"storage":"local"}]\n')
+        if re.fullmatch(r"/nodes/[a-z0-9-]+/storage/local/content", path):
+            vm = self.by_vmid[int(words[words.index("--vmid") + 1])]
+            listed = [
+                {
+                    "content": "backup",
+                    "ctime": int(at),
+                    "format": "vma.zst",
+                    "vmid": vm.vmid,
+                    "volid": f"local:backup/vzdump-qemu-{vm.vmid}-"
+                    + time.strftime("%Y_%m_%d-%H_%M_%S", time.localtime(at))
+                    + ".vma.zst",
+                }
+                for at in vm.backups
+            ]
+            return _ok(json.dumps(listed, sort_keys=True) + "\n")
+        return _ok("", 255, f"fake pve: unknown command: {' '.join(words)}\n")
+
+    def config_lines(self, vm: FakeVM, current: bool) -> list[str]:
+        lines = [f"name: {vm.name}", f"net0: virtio={vm.mac.upper()},bridge=vmbr0", "memory: 384"]
+        if vm.agent_in_config or (not current and "agent" in vm.pending):
+            lines.append("agent: 1")
+        if vm.lock:
+            lines.append(f"lock: {vm.lock}")
+        extra = dict(vm.extra_config)
+        if not current:
+            extra.update((k, v) for k, v in vm.pending.items() if k != "agent")
+        lines += [f"{k}: {v}" for k, v in extra.items()]
+        return sorted(lines)
+
+    @staticmethod
+    def apply_pending(vm: FakeVM) -> None:
+        """What PVE does when it stops a VM: the pending changes become the config."""
+        for key, value in vm.pending.items():
+            if key == "agent":
+                vm.agent_in_config = True
+            else:
+                vm.extra_config[key] = value
+        vm.pending.clear()
+
     def _qm(self, command: str) -> tuple[int, str, str]:
         words = shlex.split(command)
+        if words[:1] in (["pvesh"], ["pvecm"]):
+            return self._cluster(words)
         if words[:1] != ["qm"] or len(words) < 3:
             return _ok("", 255, f"fake pve: unknown command: {command}")
         verb, vmid = words[1], words[2]
         if verb == "guest":
             verb, vmid = "guest", words[3]
         vm = self.by_vmid.get(int(vmid))
-        if vm is None:
+        if vm is None or vm.node != "pve":
             return _ok(
                 "", 2, f"Configuration file 'nodes/pve/qemu-server/{vmid}.conf' does not exist\n"
             )
@@ -252,17 +331,16 @@ class FakeFleet:
                 return _ok("\n".join(sorted(lines)) + "\n")
             return _ok(f"status: {'running' if vm.running else 'stopped'}\n")
         if verb == "config":
-            lines = [
-                f"name: {vm.name}",
-                f"net0: virtio={vm.mac.upper()},bridge=vmbr0",
-                "memory: 384",
-            ]
-            agent = vm.agent_in_config or ("--current" not in words and "agent" in vm.pending)
-            if agent:
-                lines.append("agent: 1")
-            if vm.lock:
-                lines.append(f"lock: {vm.lock}")
-            return _ok("\n".join(sorted(lines)) + "\n")
+            return _ok("\n".join(self.config_lines(vm, "--current" in words)) + "\n")
+        if verb == "pending":
+            current = dict(line.split(": ", 1) for line in self.config_lines(vm, current=True))
+            out = []
+            for key in sorted(set(current) | set(vm.pending)):
+                if key in current:
+                    out.append(f"cur {key}: {current[key]}")
+                if key in vm.pending:
+                    out.append(f"new {key}: {vm.pending[key]}")
+            return _ok("\n".join(out) + "\n")
         if verb == "guest":
             if not vm.agent_in_config:
                 return _ok("", 2, "No QEMU guest agent configured\n")
@@ -291,8 +369,7 @@ class FakeFleet:
                 if vm.ignores_shutdown:
                     return _ok("", 255, "VM quit/powerdown failed - got timeout\n")
             vm.running = False
-            if vm.pending.pop("agent", None):
-                vm.agent_in_config = True
+            self.apply_pending(vm)
             self.max_down = max(self.max_down, self.down_count())
             return _ok()
         if verb == "start":

@@ -65,6 +65,7 @@ def test_a_proof_asks_each_host_once_and_records_every_question(tmp_path):
     record = cycle.record
     assert round_trips(record.qm_commands) == 1 and round_trips(record.guest_commands) == 1
     assert [c.command for c in record.qm_commands] == [
+        "pvesh get /cluster/resources --type vm --output-format json", "pvecm status",
         "qm status 101 --verbose", "qm config 101", "qm config 101 --current",
         "qm guest cmd 101 get-host-name",
     ]  # fmt: skip

@@ -40,13 +40,19 @@ def test_ledger_has_run_start_a_record_per_stage_per_vm_and_run_end(suite):
         "-y" in c["command"] and "dist-upgrade" in c["command"] and c["transcript"]
         for c in patch["guest_commands"]
     )
-    # every qm command the fake Proxmox host received is in the ledger, in its VM's stages, in order
+    # every qm command the fake Proxmox host received is in the ledger, in its VM's stages, in
+    # order; the cluster's questions (pvesh, pvecm: no vmid) are all there too
+    cluster_logged = []
     for vm, vmid in (("pbs", 101), ("pihole", 102), ("pihole-backup", 103)):
         logged = [
             c["command"] for r in records if r.get("vm") == vm for c in r.get("qm_commands", [])
         ]
         received = [c for host, c in fleet.commands if host == "pve" and f" {vmid}" in c]
-        assert logged == received, vm
+        assert [c for c in logged if c.startswith("qm ")] == received, vm
+        cluster_logged += [c for c in logged if not c.startswith("qm ")]
+    cluster_received = [c for host, c in fleet.commands if host == "pve" and c.startswith("pve")]
+    assert sorted(cluster_logged) == sorted(cluster_received)
+    assert cluster_received, "no proof asked the cluster"
     restart = next(r for r in records if r["type"] == "stage" and r["stage"] == "restart")
     verbs = [c["command"].split()[1] for c in restart["qm_commands"]]
     assert verbs.count("shutdown") == verbs.count("start") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pvepatch.errors import QmError
+from pvepatch.proxmox.cluster import Quorum, VMResource
 from pvepatch.proxmox.parse import RunStatus
 from pvepatch.proxmox.preconditions import Proof, prove_running, prove_stopped_by_us
 from pvepatch.transport.command import CommandResult
@@ -20,7 +21,18 @@ class FakeQm:
     agent_answers: bool = True
     agent_name: str = "pbs"
     lock: str | None = None
+    node: str = "pve"  # where /cluster/resources says the VM is
+    hastate: str | None = None
+    quorate: bool = True
     asked: list[str] = field(default_factory=list)
+
+    def resource(self) -> VMResource | None:
+        self.asked.append("resources")
+        return VMResource(self.vmid, self.node, self.status, hastate=self.hastate)
+
+    def quorum(self) -> Quorum:
+        self.asked.append("quorum")
+        return Quorum(self.quorate)
 
     def run_status(self) -> RunStatus:
         self.asked.append("status")

@@ -93,7 +93,9 @@ def test_hard_stop_needs_the_same_qemu_process():
 
 def test_a_proof_cannot_be_made_or_copied_outside_the_module():
     with pytest.raises(TypeError, match="made only by"):
-        Proof(101, "pve", "running", 1, None, (), None, None, None, "forged", 0.0)
+        Proof(
+            101, "pve", "running", 1, None, (), None, None, None, "forged", None, False, True, 0.0
+        )
     with pytest.raises(TypeError, match="made only by"):
         dataclasses.replace(running_proof(101), vmid=102)
 

@@ -161,6 +161,7 @@ def _safety_html(vm: dict[str, Any]) -> str:
         (p["action"], f"proven: {p['binding']}; host key {p.get('host_key') or '—'}")
         for p in vm.get("proofs") or []
     ]
+    rows += _cluster_rows(vm)
     rows += [("refused", refusal) for refusal in vm.get("refusals") or []]
     rows += [("note", note) for note in vm.get("notes") or []]
     if not rows:
@@ -168,6 +169,25 @@ def _safety_html(vm: dict[str, Any]) -> str:
     return "<h4>preconditions and notes</h4>" + _table(
         rows, ["action", "what was proven or refused"], "pvepatch-safety"
     )
+
+
+def _cluster_rows(vm: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where the cluster put the VM, its HA state, quorum, pending changes, its newest backup;
+    the pending changes its restart applied."""
+    rows = []
+    facts = vm.get("cluster")
+    if facts:
+        ha = f"HA state {facts['hastate']}" if facts["hastate"] else "not HA-managed"
+        seen = [f"on node {facts['node'] or '(not listed)'}", ha]
+        seen += [facts["quorum"]] if facts["quorum"] else []
+        seen.append("pending: " + ("; ".join(facts["pending"]) or "none"))
+        if facts["backup_checked"]:
+            seen.append(f"newest backup: {facts['backup_volid'] or 'none'}")
+        rows.append(("cluster", ", ".join(seen)))
+    applied = (vm.get("restart") or {}).get("pending_applied")
+    if applied:
+        rows.append(("pending applied", "the restart applied: " + "; ".join(applied)))
+    return rows
 
 
 def _packages_html(vm: dict[str, Any]) -> str:

@@ -132,6 +132,7 @@ def vm_facts(record: VMRecord) -> dict[str, Any]:
         "qemu_pid_after": after.qemu_pid if after else None,
         "hostname": record.binding.ssh_hostname if record.binding else None,
         "binding": dataclasses.asdict(record.binding) if record.binding else None,
+        "cluster": dataclasses.asdict(record.cluster) if record.cluster else None,
         "proofs": [dataclasses.asdict(p) for p in record.proofs],
         "refusals": list(record.refusals),
         "notes": list(record.notes),
@@ -168,6 +169,7 @@ def _restart_facts(restart: Any) -> dict[str, Any]:
     return {
         "method": restart.method,
         "refused": restart.refused,
+        "pending_applied": list(restart.pending_applied),
         "errors": dict(restart.errors),
         "events": [
             {

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pvepatch.cycle import questions
+from pvepatch.cycle import cluster, questions
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.questions import Asking
 from pvepatch.cycle.record import (
     AgentOutcome,
     Binding,
+    ClusterFacts,
     Identity,
     ProofNote,
     PruneOutcome,
@@ -116,7 +117,13 @@ class VMCycle(Asking):
             except TransportError as exc:
                 guest = exc
             try:
-                proof = prove_running(self.qm(), self.target.proxmox.name, guest, agent_required)
+                proof = prove_running(
+                    self.qm(),
+                    self.target.proxmox.name,
+                    guest,
+                    agent_required,
+                    self.target.proxmox.node,
+                )
                 proof.admit(self.target.vmid, action, self.options.skiplock)
             except SafetyRefusal as exc:
                 self.record.refusals.append(f"{action}: {exc.reason}")
@@ -147,6 +154,34 @@ class VMCycle(Asking):
     def note(self, action: str, proof: Proof) -> None:
         self.record.proofs.append(ProofNote(action, proof.binding, proof.host_key))
 
+    # --- the cluster: where the VM is, HA, quorum, pending changes, backups -----------------
+    @property
+    def patching(self) -> bool:
+        """This run may change VMs (`-m patch`), not only look at them."""
+        return self.connections.guard.allow_mutating
+
+    def cluster_facts(self) -> ClusterFacts:
+        """What the cluster says of this VM, observed once per run (read-only)."""
+        self.record.cluster = self.record.once("cluster", lambda: cluster.observe(self))
+        return self.record.cluster
+
+    def cluster_gate(self) -> None:
+        """Before the first change to this VM, whatever tests were selected: it is on its
+        node, the cluster is quorate, HA leaves it to us, no pending changes pvepatch did not
+        make (unless --apply-pending), a recent backup (with --max-backup-age)."""
+        first = "cluster gate" not in self.record.outcomes
+        with self.asked_together(*(questions.cluster(self.target) if first else ([], []))):
+            cluster.gate(self)
+
+    def pending_before_restart(self) -> list[str]:
+        """Right before the shutdown: the pending changes it will apply, in words; raise
+        SafetyRefusal when some were not made by pvepatch and --apply-pending was not given."""
+        facts = self.record.cluster or ClusterFacts()
+        cluster.pending(self, facts, self.qm().pending())
+        if "pending" in facts.problems:
+            raise SafetyRefusal(self.target.vmid, facts.problems["pending"])
+        return facts.pending
+
     # --- stage 1: the binding as the preflight sees it (read-only) ---------------------------
     def observe_binding(self) -> Binding:
         qm, guest = self.qm(), self.guest()
@@ -162,6 +197,7 @@ class VMCycle(Asking):
 
     # --- stage 2: the guest agent ----------------------------------------------------------
     def ensure_agent(self) -> AgentOutcome:
+        self.cluster_gate()
         self.ask_ahead(*questions.agent(self.target))  # the stage's checks take the rest
         return self._ensure_agent()
 
@@ -202,6 +238,7 @@ class VMCycle(Asking):
         return self._snapshots
 
     def take_snapshot(self) -> SnapshotOutcome:
+        self.cluster_gate()
         return self.snapshots().take()
 
     def _snapshot_gate(self) -> None:
@@ -217,6 +254,7 @@ class VMCycle(Asking):
 
     # --- stage 4: apt ------------------------------------------------------------------------
     def patch(self) -> AptRun:
+        self.cluster_gate()
         self._snapshot_gate()
         with self.asked_together(*questions.fit(self.target, "boot_id", "packages")):
             self.prove_fit_for_changes("patch")
@@ -238,7 +276,14 @@ class VMCycle(Asking):
     # --- what the VM is now (read-only) --------------------------------------------------------
     def restart(self) -> RestartOutcome:
         """The restart through Proxmox (pvepatch.cycle.restart)."""
+        try:
+            self.cluster_gate()
+        except SafetyRefusal as exc:
+            return RestartOutcome(self.options.restart_method, refused=exc.reason)
         outcome = Restart(self).run()
+        if outcome.pending_applied and outcome.stopped:
+            changes = "; ".join(outcome.pending_applied)
+            self.record.notes.append(f"its restart applied pending config changes: {changes}")
         if outcome.skipped and "STILL NEEDS A REBOOT" in outcome.skipped:
             self.record.notes.append(outcome.skipped)
         if outcome.skipped and outcome.skipped.startswith("not restarted: "):

@@ -34,6 +34,8 @@ class Options:
     rollback_on_failure: bool = False
     snapshot_keep: int = 1  # pvepatch's own snapshots kept per VM after a good update
     snapshot_max_age: float = 14 * 86400.0  # -m verify warns about older ones (seconds)
+    apply_pending: bool = False  # restart even with pending config changes pvepatch did not make
+    max_backup_age: float | None = None  # refuse a VM whose newest backup is older (seconds)
 
 
 @dataclass

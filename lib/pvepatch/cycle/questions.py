@@ -21,6 +21,8 @@ from pvepatch.transport.connections import RecordingTransport
 
 # What a change inside the guest needs proven besides the binding: room, and dpkg consistent.
 FIT = ("free_root", "free_boot", "dpkg_audit")
+# What every proof asks of the cluster first: where the VM is, its HA state, quorum.
+CLUSTER = ("resources", "quorum")
 
 
 class Questions(NamedTuple):
@@ -34,7 +36,14 @@ def proof(target: Target, *also: str) -> Questions:
     """What a proof asks (pvepatch.proxmox.preconditions), and the guest questions `also`."""
     return Questions(
         Guest.asked("macs", "hostname", *also),
-        Qm.asked(target.vmid, "run_status", "config", "config_current", "agent_host_name"),
+        Qm.asked(
+            target.vmid,
+            *CLUSTER,
+            "run_status",
+            "config",
+            "config_current",
+            "agent_host_name",
+        ),
     )
 
 
@@ -44,13 +53,20 @@ def fit(target: Target, *also: str) -> Questions:
 
 
 def before_shutdown(target: Target) -> Questions:
-    """Right before the shutdown: a proof, whether apt/dpkg runs, and who the guest is now."""
-    return proof(target, "package_managers", "boot_id", "kernel")
+    """Right before the shutdown: a proof, whether apt/dpkg runs, who the guest is now, and the
+    pending config changes the stop will apply."""
+    asked = proof(target, "package_managers", "boot_id", "kernel")
+    return Questions(asked.guest, [*asked.qm, *Qm.asked(target.vmid, "pending")])
+
+
+def cluster(target: Target) -> Questions:
+    """What the cluster gate asks (pvepatch.cycle.cluster): where, HA, quorum, pending."""
+    return Questions([], Qm.asked(target.vmid, *CLUSTER, "pending"))
 
 
 def before_start(target: Target) -> Questions:
     """What proves the VM this run shut down stopped now (prove_stopped_by_us)."""
-    return Questions([], Qm.asked(target.vmid, "run_status", "config"))
+    return Questions([], Qm.asked(target.vmid, *CLUSTER, "run_status", "config"))
 
 
 def back(target: Target) -> Questions:
@@ -73,7 +89,15 @@ def preflight(target: Target) -> Questions:
     return Questions(
         Guest.asked("answers", "macs", "hostname", *FIT),
         Qm.asked(
-            target.vmid, "status", "status", "config", "config", "agent_ping", "agent_host_name"
+            target.vmid,
+            "status",
+            "status",
+            "config",
+            "config",
+            "agent_ping",
+            "agent_host_name",
+            *CLUSTER,
+            "pending",
         ),
     )
 

@@ -79,6 +79,8 @@ RESTART_REQUIRES = {
 class RestartOutcome:
     method: str
     refused: str | None = None
+    # the pending config changes the restart applied (qm pending right before the shutdown)
+    pending_applied: list[str] = field(default_factory=list)
     skipped: str | None = None  # not restarted on purpose (--reboot if-required/never)
     down_slots: list[str] = field(default_factory=list)  # the down slots it held
     before: Identity | None = None
@@ -179,6 +181,24 @@ class StageFailure:
 
 
 @dataclass
+class ClusterFacts:
+    """Where the cluster says the VM is, and what else decides whether it may be touched:
+    its HA state, quorum, pending config changes, its newest backup."""
+
+    node: str | None = None  # the node /cluster/resources names; None: not listed
+    hastate: str | None = None
+    ha_managed: bool = False
+    quorum: str = ""
+    pending: list[str] = field(default_factory=list)  # every pending change, in words
+    foreign_pending: list[str] = field(default_factory=list)  # those pvepatch did not make
+    backup_checked: bool = False  # --max-backup-age asked for the backups
+    newest_backup: float | None = None  # epoch seconds of the newest backup; None: none
+    backup_volid: str | None = None
+    # why it may not be patched, by kind: node, quorum, ha, pending, backup
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class VMRecord:
     """Everything recorded about one VM during the run."""
 
@@ -186,6 +206,7 @@ class VMRecord:
     failure: StageFailure | None = None
     completed: bool = False  # its last selected test has run (False after an interruption)
     binding: Binding | None = None
+    cluster: ClusterFacts | None = None
     agent: AgentOutcome | None = None
     apt: AptRun | None = None
     restart: RestartOutcome | None = None

@@ -43,6 +43,8 @@ class Cycle(Candidate, Protocol):
 
     def note(self, action: str, proof: Proof) -> None: ...
 
+    def pending_before_restart(self) -> list[str]: ...
+
 
 class Restart:
     """`qm shutdown` (or `qm stop`) and `qm start` for one VM, each on a fresh proof.
@@ -115,6 +117,7 @@ class Restart:
                 self.proof = self.cycle.prove_running(
                     "qm stop" if self.options.restart_method == "stop" else "qm shutdown"
                 )
+                outcome.pending_applied = self.cycle.pending_before_restart()
                 guest = self.cycle.guest()
                 outcome.before = Identity(guest.boot_id(), guest.kernel(), self.proof.pid)
         except SafetyRefusal as exc:
@@ -191,7 +194,9 @@ class Restart:
                     )
                     return False
                 try:
-                    proof = prove_same_process(qm, self.target.proxmox.name, self.proof)
+                    proof = prove_same_process(
+                        qm, self.target.proxmox.name, self.proof, self.target.proxmox.node
+                    )
                 except SafetyRefusal as exc:
                     outcome.errors["stop"] = f"hard stop refused: {exc.reason}"
                     return False
@@ -227,7 +232,9 @@ class Restart:
         assert self.proof is not None
         try:
             with self.cycle.asked_together(*questions.before_start(self.target)):
-                proof = prove_stopped_by_us(qm, self.target.proxmox.name, self.proof)
+                proof = prove_stopped_by_us(
+                    qm, self.target.proxmox.name, self.proof, self.target.proxmox.node
+                )
         except SafetyRefusal as exc:
             outcome.errors["start"] = f"start refused: {exc.reason}"
             return False
@@ -366,7 +373,9 @@ class Restart:
         if self._known_status() == "running":
             return  # the shutdown never took: the guest still runs (reported as it is)
         try:
-            proof = prove_stopped_by_us(self.qm, self.target.proxmox.name, self.proof)
+            proof = prove_stopped_by_us(
+                self.qm, self.target.proxmox.name, self.proof, self.target.proxmox.node
+            )
             self.cycle.note("qm start", proof)
             result = self.qm.start(proof, skiplock=self.options.skiplock)
             outcome.errors["brought_back"] = f"VM started again (qm start rc={result.rc})"

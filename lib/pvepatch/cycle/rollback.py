@@ -130,7 +130,11 @@ class Rollback(Restart):
             if not self.reused:
                 self.admission.partners_healthy()
             self.proof = prove_holds_our_snapshot(
-                self.qm, self.target.proxmox.name, self.snapshot_proof, self.snapshot
+                self.qm,
+                self.target.proxmox.name,
+                self.snapshot_proof,
+                self.snapshot,
+                self.target.proxmox.node,
             )
         except SafetyRefusal as exc:
             outcome.refused = exc.reason

@@ -211,7 +211,8 @@ class _Binder:
             ssh = build.ssh_spec(self.fields(name), base_dir, self.problems)
             if ssh is None:
                 return None
-            self.proxmox[name] = ProxmoxHost(name, ssh)
+            node = self.problems.attempt(lambda: build.pve_node(self.fields(name)))
+            self.proxmox[name] = ProxmoxHost(name, ssh, node)
         return self.proxmox[name]
 
 

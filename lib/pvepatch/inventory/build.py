@@ -129,6 +129,24 @@ def redundancy_group(f: Fields) -> str | None:
     return name
 
 
+PVE_NODE_FIELD = "pvepatch_pve_node"
+_NODE_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+
+
+def pve_node(f: Fields) -> str | None:
+    """A Proxmox host's PVE node name, when the inventory name is not it (an FQDN's first
+    label is taken by default)."""
+    name = f.optional_word(PVE_NODE_FIELD)
+    if name is not None and not _NODE_NAME.fullmatch(name):
+        raise f.error(PVE_NODE_FIELD, f"{name!r} is not a Proxmox node name (a host name label)")
+    if name is None and not _NODE_NAME.fullmatch(f.host.split(".")[0]):
+        raise f.error(
+            PVE_NODE_FIELD,
+            f"is needed: the host name {f.host!r} does not start with a Proxmox node name",
+        )
+    return name
+
+
 SNAPSHOT_FIELDS = ("pvepatch_snapshot", "pvepatch_rollback_on_failure", "pvepatch_snapshot_keep")
 
 

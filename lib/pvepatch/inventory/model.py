@@ -31,8 +31,16 @@ class SSHSpec:
 
 @dataclass(frozen=True)
 class ProxmoxHost:
+    """A Proxmox host of the inventory; `node` is its PVE node name (`pvepatch_pve_node`, by
+    default the inventory name up to its first dot), the name the cluster knows it by."""
+
     name: str
     ssh: SSHSpec
+    pve_node: str | None = None
+
+    @property
+    def node(self) -> str:
+        return self.pve_node or self.name.split(".")[0]
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,20 @@ def add_options(parser: pytest.Parser) -> None:
         help="-m verify warns about pvepatch snapshots older than this (e.g. 36h, 14d; "
         "default: %(default)s)",
     )
+    group.addoption(
+        "--apply-pending",
+        action="store_true",
+        help="restart a VM even when its Proxmox config has pending changes pvepatch did not "
+        "make (qm pending); the restart applies them and the report lists them. Without it, "
+        "such a VM is not touched",
+    )
+    group.addoption(
+        "--max-backup-age",
+        default=None,
+        metavar="AGE",
+        help="patch only VMs whose newest backup (in the Proxmox backup storages) is at most "
+        "this old (e.g. 24h, 7d); a VM with none or an older one is not touched",
+    )
     for name, kind, default, text in (
         ("--shutdown-timeout", int, 180, "seconds for the clean shutdown"),
         (
@@ -172,6 +186,7 @@ def check_options(config: pytest.Config) -> None:
     if not 1 <= config.getoption("snapshot_keep") <= 100:
         raise pytest.UsageError("pvepatch: --snapshot-keep must be between 1 and 100")
     max_age(config)
+    backup_age(config)
     if config.getoption("hard_stop_fallback") and config.getoption("restart_method") == "stop":
         raise pytest.UsageError(
             "pvepatch: --hard-stop-fallback only applies to --restart-method shutdown"
@@ -197,6 +212,8 @@ def options_from(config: pytest.Config) -> Options:
         rollback_on_failure=config.getoption("rollback_on_failure"),
         snapshot_keep=config.getoption("snapshot_keep"),
         snapshot_max_age=max_age(config),
+        apply_pending=config.getoption("apply_pending"),
+        max_backup_age=backup_age(config),
     )
 
 
@@ -223,10 +240,20 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 864
 
 def max_age(config: pytest.Config) -> float:
     """--snapshot-max-age in seconds: a whole number with s, m, h, d or w (bare: days)."""
-    text = str(config.getoption("snapshot_max_age")).strip().lower()
+    return _age("--snapshot-max-age", config.getoption("snapshot_max_age"), "36h or 14d")
+
+
+def backup_age(config: pytest.Config) -> float | None:
+    """--max-backup-age in seconds, or None when not given."""
+    value = config.getoption("max_backup_age")
+    return None if value is None else _age("--max-backup-age", value, "24h or 7d")
+
+
+def _age(option: str, value: object, example: str) -> float:
+    text = str(value).strip().lower()
     match = _AGE.fullmatch(text)
     if not match or int(match.group(1)) == 0:
         raise pytest.UsageError(
-            f"pvepatch: --snapshot-max-age must be a positive age such as 36h or 14d, got {text!r}"
+            f"pvepatch: {option} must be a positive age such as {example}, got {text!r}"
         )
     return float(int(match.group(1)) * _UNIT_SECONDS[match.group(2)])

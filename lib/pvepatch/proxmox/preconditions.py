@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pvepatch.errors import PvepatchError, SafetyRefusal, one_line
+from pvepatch.proxmox.cluster import HA_HANDS_OFF, Quorum, VMResource
 from pvepatch.proxmox.parse import RunStatus, agent_enabled, net_macs
 
 # A binding proof older than this is not trusted for a shutdown, stop or set.
 MAX_PROOF_AGE = 60.0
 # The status each action needs; every other action needs the VM running.
 WANTED_STATUS = {"qm start": ("stopped",), "qm rollback": ("running", "stopped")}
+# What `qm` hands to the HA manager for an HA resource instead of doing it (a queued request,
+# reference §1.1); a rollback fights the HA manager (§1.6).
+HA_QUEUED = {"qm shutdown", "qm stop", "qm start", "qm rollback"}
 _minting: ContextVar[bool] = ContextVar("pvepatch_minting_a_proof", default=False)
 
 
@@ -33,6 +37,10 @@ class QmView(Protocol):
     def config(self, current: bool = False) -> dict[str, str]: ...
 
     def agent_host_name(self) -> str: ...
+
+    def resource(self) -> VMResource | None: ...
+
+    def quorum(self) -> Quorum: ...
 
 
 class SnapshotView(QmView, Protocol):
@@ -65,6 +73,9 @@ class Proof:
     agent_hostname: str | None
     host_key: str | None
     binding: str  # how the binding was proven, in words, for the record
+    hastate: str | None  # the HA state /cluster/resources gave; None: not an HA resource
+    ha_managed: bool
+    quorate: bool
     at: float
 
     def __post_init__(self) -> None:
@@ -84,6 +95,20 @@ class Proof:
             raise SafetyRefusal(
                 vmid, f"{action} needs the VM {' or '.join(wanted)}, Proxmox said {self.status}"
             )
+        if not self.quorate:
+            raise SafetyRefusal(
+                vmid,
+                f"the cluster of {self.node} has no quorum (pvecm status: Quorate: No): "
+                "Proxmox cannot start a VM or write its config now, so nothing is changed",
+            )
+        if self.hastate in HA_HANDS_OFF:
+            raise SafetyRefusal(vmid, f"HA has VM {vmid} in state '{self.hastate}': not touched")
+        if self.ha_managed and action in HA_QUEUED:
+            raise SafetyRefusal(
+                vmid,
+                f"VM {vmid} is HA-managed (HA state '{self.hastate}'): {action} would only "
+                "queue a request to the HA manager",
+            )
         if self.lock and not skiplock:
             raise SafetyRefusal(
                 vmid, f"VM is locked ({self.lock}) on {self.node} (use --skiplock to override)"
@@ -102,7 +127,11 @@ def _mint(**fields: Any) -> Proof:
 
 
 def prove_running(
-    qm: QmView, node: str, guest: GuestView | Exception, agent_required: bool = True
+    qm: QmView,
+    node: str,
+    guest: GuestView | Exception,
+    agent_required: bool = True,
+    pve_node: str | None = None,
 ) -> Proof:
     """Prove that VM `qm.vmid` on `node` is running and is the guest SSH reaches.
 
@@ -114,6 +143,7 @@ def prove_running(
     Raises SafetyRefusal with the reason.
     """
     vmid = qm.vmid
+    where = _locate(qm, node, pve_node or node)
     status, config, running_config = _ask(qm, node)
     if status.status != "running":
         raise SafetyRefusal(vmid, f"VM {vmid} on {node} is {status.status}, expected running")
@@ -165,10 +195,11 @@ def prove_running(
         agent_hostname=agent_hostname,
         host_key=host_key,
         binding=binding,
+        **where,
     )
 
 
-def prove_stopped_by_us(qm: QmView, node: str, before: Proof) -> Proof:
+def prove_stopped_by_us(qm: QmView, node: str, before: Proof, pve_node: str | None = None) -> Proof:
     """Prove that the VM this run shut down (proven by `before`) is stopped now, for `qm start`.
 
     The guest cannot answer while stopped: the binding is the one proven right before this run
@@ -176,15 +207,17 @@ def prove_stopped_by_us(qm: QmView, node: str, before: Proof) -> Proof:
     """
     if before.vmid != qm.vmid:
         raise SafetyRefusal(qm.vmid, f"VM {qm.vmid} was not taken down by this run")
+    where = _locate(qm, node, pve_node or node)
     status, config, _ = _ask(qm, node, running=False)
     if status.status != "stopped":
         raise SafetyRefusal(qm.vmid, f"VM {qm.vmid} on {node} is {status.status}, expected stopped")
-    return _after(before, status, config, "proven before this run shut it down")
+    return _after(before, status, config, "proven before this run shut it down", where)
 
 
-def prove_same_process(qm: QmView, node: str, before: Proof) -> Proof:
+def prove_same_process(qm: QmView, node: str, before: Proof, pve_node: str | None = None) -> Proof:
     """Prove that the VM is still the QEMU process `before` proved (same pid, still running),
     for a power-off after its clean shutdown failed: the guest may no longer answer SSH."""
+    where = _locate(qm, node, pve_node or node)
     status, config, _ = _ask(qm, node, running=False)
     if status.status != "running" or status.pid is None or status.pid != before.pid:
         raise SafetyRefusal(
@@ -192,16 +225,19 @@ def prove_same_process(qm: QmView, node: str, before: Proof) -> Proof:
             f"VM {qm.vmid} on {node} is no longer the process proven before the shutdown "
             f"(was pid {before.pid}, now {status.status} pid {status.pid})",
         )
-    return _after(before, status, config, f"same QEMU pid {status.pid} as proven before")
+    return _after(before, status, config, f"same QEMU pid {status.pid} as proven before", where)
 
 
-def prove_holds_our_snapshot(qm: SnapshotView, node: str, before: Proof, snapshot: str) -> Proof:
+def prove_holds_our_snapshot(
+    qm: SnapshotView, node: str, before: Proof, snapshot: str, pve_node: str | None = None
+) -> Proof:
     """Prove, for `qm rollback`, that the VM is the one this run snapshotted: the proof made
     right before the snapshot (`before`) was for this VM, the VM still has the NIC MACs proven
     then, and it holds the snapshot this run made (a unique name). Running or stopped: a VM
     whose update broke it may no longer answer over SSH or through its agent."""
     if before.vmid != qm.vmid:
         raise SafetyRefusal(qm.vmid, f"VM {qm.vmid} was not snapshotted by this run")
+    where = _locate(qm, node, pve_node or node)
     status, config, _ = _ask(qm, node, running=False)
     try:
         names = [s.name for s in qm.snapshots()]
@@ -223,10 +259,12 @@ def prove_holds_our_snapshot(qm: SnapshotView, node: str, before: Proof, snapsho
             f"VM {qm.vmid} on {node} no longer has the NIC MAC(s) {sorted(missing)} "
             "proven before its snapshot",
         )
-    return _after(before, status, config, f"holds this run's snapshot '{snapshot}'")
+    return _after(before, status, config, f"holds this run's snapshot '{snapshot}'", where)
 
 
-def _after(before: Proof, status: RunStatus, config: dict[str, str], how: str) -> Proof:
+def _after(
+    before: Proof, status: RunStatus, config: dict[str, str], how: str, where: dict[str, Any]
+) -> Proof:
     return _mint(
         vmid=before.vmid,
         node=before.node,
@@ -238,7 +276,49 @@ def _after(before: Proof, status: RunStatus, config: dict[str, str], how: str) -
         agent_hostname=before.agent_hostname,
         host_key=before.host_key,
         binding=f"{before.binding}; {how}",
+        **where,
     )
+
+
+def locate(qm: QmView, node: str, pve_node: str) -> VMResource:
+    """Where the cluster says VM `qm.vmid` is (`pvesh get /cluster/resources`, answered by any
+    node for the whole cluster). Raise SafetyRefusal unless it is on `pve_node`, the node of
+    its inventory `proxmox_host` `node`: a VM that moved is refused, never followed."""
+    try:
+        where = qm.resource()
+    except PvepatchError as exc:
+        raise SafetyRefusal(
+            qm.vmid, f"Proxmox host {node} did not list the cluster's VMs: {one_line(exc)}"
+        ) from exc
+    problem = misplaced(where, qm.vmid, node, pve_node)
+    if problem or where is None:
+        raise SafetyRefusal(qm.vmid, problem or "not listed")
+    return where
+
+
+def misplaced(where: VMResource | None, vmid: int, node: str, pve_node: str) -> str | None:
+    """Why VM `vmid` is not where its inventory binds it, or None when it is there."""
+    if where is None:
+        return f"no VM {vmid} in the cluster of {node} (pvesh get /cluster/resources)"
+    if where.node != pve_node:
+        return (
+            f"VM {vmid} is on node '{where.node}', not on '{pve_node}' (its inventory "
+            f"proxmox_host {node}): it was migrated; pvepatch does not follow it. Bind it to "
+            "the node it is on in the inventory, or migrate it back"
+        )
+    return None
+
+
+def _locate(qm: QmView, node: str, pve_node: str) -> dict[str, Any]:
+    """The proof's cluster facts: on its node (`locate`), its HA state, and quorum."""
+    where = locate(qm, node, pve_node)
+    try:
+        quorum = qm.quorum()
+    except PvepatchError as exc:
+        raise SafetyRefusal(
+            qm.vmid, f"Proxmox host {node} did not say whether it has quorum: {one_line(exc)}"
+        ) from exc
+    return {"hastate": where.hastate, "ha_managed": where.ha_managed, "quorate": quorum.quorate}
 
 
 def _ask(

@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 from pvepatch.errors import QmError, last_line
+from pvepatch.proxmox import cluster
+from pvepatch.proxmox.cluster import Backup, PendingChange, Quorum, VMResource
 from pvepatch.proxmox.parse import (
     RunStatus,
     SnapshotEntry,
@@ -29,6 +31,10 @@ QUESTIONS = {
     "agent_ping": "qm guest cmd %s ping",
     "agent_host_name": "qm guest cmd %s get-host-name",
     "snapshots": "qm listsnapshot %s",
+    "pending": "qm pending %s",
+    # the cluster's answers (any node answers for the whole cluster): not per VM
+    "resources": cluster.RESOURCES,
+    "quorum": cluster.QUORUM,
 }
 # PVE's snapshot names (pve-configid, maxLength 40; `current` and `pending` are reserved).
 SNAPSHOT_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]{1,39}")
@@ -48,7 +54,10 @@ class Qm:
     @staticmethod
     def asked(vmid: int, *names: str) -> list[str]:
         """The command lines of the named questions (QUESTIONS) for VM `vmid`."""
-        return [quote(QUESTIONS[name], vmid) for name in names]
+        return [
+            quote(QUESTIONS[name], vmid) if "%s" in QUESTIONS[name] else QUESTIONS[name]
+            for name in names
+        ]
 
     def _run(
         self,
@@ -89,6 +98,36 @@ class Qm:
     def snapshots(self) -> list[SnapshotEntry]:
         """`qm listsnapshot`: the VM's snapshots, in PVE's tree order."""
         return self._parsed(self._run(QUESTIONS["snapshots"], self.vmid), parse_listsnapshot)  # type: ignore[no-any-return]
+
+    def pending(self) -> list[PendingChange]:
+        """`qm pending`: the changes the next stop (or start) applies; [] when none."""
+        return self._parsed(self._run(QUESTIONS["pending"], self.vmid), cluster.parse_pending)  # type: ignore[no-any-return]
+
+    def resource(self) -> VMResource | None:
+        """This VM in the cluster's resources (where it lives, its HA state); None when the
+        cluster does not list it."""
+        result = self._run(QUESTIONS["resources"])
+        return self._parsed(result, cluster.parse_resources).get(self.vmid)  # type: ignore[no-any-return]
+
+    def quorum(self) -> Quorum:
+        """`pvecm status` of this host's cluster (its exit code is 1 when quorate: not used)."""
+        result = self._run(QUESTIONS["quorum"], check=False)
+        if not result.answered:
+            raise QmError(result, self.vmid, "pvecm status gave no answer")
+        return self._parsed(result, lambda out: cluster.parse_pvecm_status(out, result.stderr))  # type: ignore[no-any-return]
+
+    def backups(self, node: str) -> list[Backup]:
+        """This VM's backups in every backup storage of `node`, newest first."""
+        if not cluster.NODE_NAME.fullmatch(node):
+            raise ValueError(f"not a Proxmox node name: {node!r}")
+        storages = self._parsed(
+            self._run(cluster.BACKUP_STORAGES, node), cluster.parse_backup_storages
+        )
+        found: list[Backup] = []
+        for storage in storages:
+            result = self._run(cluster.BACKUPS, node, storage, self.vmid)
+            found += self._parsed(result, lambda out: cluster.parse_backups(out, self.vmid))
+        return sorted(found, key=lambda b: b.ctime, reverse=True)
 
     def agent(self, command: str, check: bool = True) -> CommandResult:
         """`qm guest cmd <vmid> <command>` (read-only commands only)."""

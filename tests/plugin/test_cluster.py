@@ -1,0 +1,217 @@
+"""The cluster's say before pvepatch touches a VM, on the fake fleet: where the VM is
+(/cluster/resources), HA, quorum (pvecm status), pending config changes (qm pending), and the
+newest backup (--max-backup-age). The end-to-end proof is tests/lab/test_5_cluster.py."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import fakes
+import pytest
+
+pytest_plugins = ["pytester"]
+
+FAST = ["--boot-timeout", "5", "-p", "no:html"]
+MUTATING = r"qm (set|shutdown|stop|start|snapshot|rollback|delsnapshot) "
+
+
+@pytest.fixture
+def fleet() -> fakes.FakeFleet:
+    return fakes.standard_fleet()
+
+
+def run(pytester, fleet, *args):
+    if not (pytester.path / "tests_patch").exists():
+        fakes.stage_suite(pytester, fakes.STANDARD_INVENTORY)
+    return pytester.runpytest(
+        "--inventory", "inventory.yaml", *FAST, *args, plugins=[fakes.FleetPlugin(fleet)]
+    )
+
+
+def touched(fleet: fakes.FakeFleet, vm: str) -> list[str]:
+    """Every command that changed VM `vm`: mutating qm commands for it, apt or systemctl in it."""
+    vmid = fleet.vms[vm].vmid
+    qm = [c for h, c in fleet.commands if re.match(MUTATING + str(vmid), c)]
+    guest = [
+        c
+        for h, c in fleet.commands
+        if h == vm and ("apt-get" in c or "systemctl start" in c or "systemd-run" in c)
+    ]
+    return qm + guest
+
+
+def assert_untouched_others_patched(fleet, vm):
+    assert touched(fleet, vm) == []
+    for other in fleet.vms:
+        if other != vm:
+            assert fleet.vms[other].packages["openssl"] == "3.0.2-1", other
+
+
+def test_a_migrated_vm_is_refused_naming_its_node(pytester, fleet):
+    fleet.vms["pbs"].node = "pve2"
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        ["*pbs (VM 101 on pve): FAILED (preflight: test_vm_is_on_its_inventory_node: VM 101 is "
+         "on node 'pve2', not on 'pve' (its inventory proxmox_host pve): it was migrated*"]
+    )  # fmt: skip
+    assert_untouched_others_patched(fleet, "pbs")
+
+
+@pytest.mark.parametrize("deselect", ["preflight", "preflight or guest_agent"])
+def test_the_gate_holds_whatever_was_selected(pytester, fleet, deselect):
+    """Deselecting the preflight (and the agent stage) does not skip the cluster gate: the
+    first action that would change the VM asks the cluster itself."""
+    fleet.vms["pbs"].node = "pve2"
+    fleet.vms["pihole"].pending = {"cores": "4"}
+    result = run(pytester, fleet, "-m", "patch", "-k", f"not ({deselect})")
+    assert result.ret == 1
+    assert touched(fleet, "pbs") == [] and touched(fleet, "pihole") == []
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED*on node 'pve2'*"])
+    result.stdout.fnmatch_lines(["*pihole (VM 102 on pve): FAILED*pending changes*cores: add 4*"])
+    assert fleet.vms["pihole-backup"].packages["openssl"] == "3.0.2-1"
+
+
+def test_without_quorum_nothing_is_touched(pytester, fleet):
+    fleet.quorate = False
+    result = run(pytester, fleet, "-m", "patch", "-k", "not preflight")
+    assert result.ret == 1
+    assert [c for _, c in fleet.commands if re.match(MUTATING, c)] == []
+    assert not [c for h, c in fleet.commands if "apt-get" in c]
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED*has no quorum*"])
+
+
+def test_quorum_lost_during_the_update_stops_the_shutdown(pytester, fleet):
+    """The proof right before `qm shutdown` asks pvecm again."""
+    fleet.vms["pbs"].during_update = {"pending": {}}
+    original = fleet.apt
+
+    def apt(vm, command):
+        answer = original(vm, command)
+        if vm.name == "pbs" and command.endswith("dist-upgrade"):
+            fleet.quorate = False
+        return answer
+
+    fleet.apt = apt  # type: ignore[method-assign]
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 1
+    assert not [c for _, c in fleet.commands if re.match(r"qm (shutdown|stop|start) ", c)]
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED (restart:*no quorum*"])
+
+
+def test_a_vm_migrated_during_its_update_is_not_shut_down(pytester, fleet):
+    fleet.vms["pbs"].during_update = {"node": "pve2"}
+    # (its agent check after the update would fail first: qm on pve no longer sees the VM)
+    result = run(pytester, fleet, "-m", "patch", "-k", "not still_answers")
+    assert result.ret == 1
+    assert not [c for _, c in fleet.commands if re.match(r"qm (shutdown|stop|start) 101", c)]
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED (restart:*on node 'pve2'*"])
+
+
+def test_an_ha_managed_vm_is_left_alone_by_a_patch_run_and_verified(pytester, fleet):
+    fleet.vms["pbs"].hastate = "started"
+    result = run(pytester, fleet, "-m", "patch")
+    result.stdout.fnmatch_lines(
+        ["*pbs (VM 101 on pve): FAILED (preflight: test_ha_state_lets_pvepatch_act: VM 101 is "
+         "HA-managed (HA state 'started')*"]
+    )  # fmt: skip
+    assert_untouched_others_patched(fleet, "pbs")
+    verify = run(pytester, fleet, "-m", "verify")
+    assert verify.ret == 0, verify.stdout.str()[-2000:]
+
+
+@pytest.mark.parametrize("state", ["error", "migrate", "freeze"])
+def test_ha_busy_with_a_vm_fails_even_verify(pytester, fleet, state):
+    fleet.vms["pbs"].hastate = state
+    result = run(pytester, fleet, "-m", "verify")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([f"*HA has VM 101 in state '{state}': it is not touched*"])
+
+
+def test_ignored_ha_resources_are_patched_like_any_vm(pytester, fleet):
+    fleet.vms["pbs"].hastate = "ignored"
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+
+
+def test_foreign_pending_changes_need_apply_pending(pytester, fleet):
+    fleet.vms["pbs"].pending = {"cores": "4"}
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        ["*pbs (VM 101 on pve): FAILED (preflight: test_no_pending_config_changes: its Proxmox "
+         "config has pending changes pvepatch did not make (cores: add 4): a restart would apply "
+         "them. Run with --apply-pending*qm set 101 --revert cores)*"]
+    )  # fmt: skip
+    assert_untouched_others_patched(fleet, "pbs")
+    assert fleet.vms["pbs"].pending == {"cores": "4"}
+
+
+def test_apply_pending_restarts_and_records_what_the_restart_applied(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.pending = {"cores": "4"}
+    pbs.agent_in_config = False  # pvepatch's own `qm set --agent` is pending too
+    result = run(pytester, fleet, "-m", "patch", "--apply-pending")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert pbs.pending == {} and pbs.extra_config == {"cores": "4"} and pbs.agent_in_config
+    result.stdout.fnmatch_lines(
+        ["*note: its restart applied pending config changes: agent: add enabled=1; cores: add 4"]
+    )
+
+
+def test_own_agent_change_is_not_foreign(pytester, fleet):
+    fleet.vms["pbs"].agent_in_config = False
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert fleet.vms["pbs"].agent_in_config
+
+
+def test_a_pending_change_made_during_the_update_stops_the_restart(pytester, fleet):
+    fleet.vms["pbs"].during_update = {"pending": {"memory": "2048"}}
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 1
+    assert not [c for _, c in fleet.commands if re.match(r"qm (shutdown|stop) 101", c)]
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED (restart:*memory: 384 -> 2048*"])
+    assert fleet.vms["pbs"].pending == {"memory": "2048"}
+
+
+def test_pending_changes_fail_verify_without_touching_anything(pytester, fleet):
+    fleet.vms["pihole"].pending = {"cores": "4"}
+    result = run(pytester, fleet, "-m", "verify")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*pihole*test_no_pending_config_changes*cores: add 4*"])
+    assert [c for _, c in fleet.commands if re.match(MUTATING, c)] == []
+
+
+def test_max_backup_age_refuses_stale_and_missing_backups(pytester, fleet):
+    now = time.time()
+    fleet.vms["pbs"].backups = [now - 3 * 86400, now - 5 * 86400]
+    fleet.vms["pihole"].backups = [now - 2 * 3600]
+    result = run(pytester, fleet, "-m", "patch", "--max-backup-age", "24h")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        ["*pbs (VM 101 on pve): FAILED (preflight: test_newest_backup_is_recent: its newest "
+         "backup (local:backup/vzdump-qemu-101-*.vma.zst) is 3 d old, older than "
+         "--max-backup-age 24 h*"]
+    )  # fmt: skip
+    result.stdout.fnmatch_lines(
+        ["*pihole-backup (VM 103 on pve): FAILED*no backup of VM 103 in the backup storages of "
+         "pve (--max-backup-age 24 h)*"]
+    )  # fmt: skip
+    assert touched(fleet, "pbs") == [] and touched(fleet, "pihole-backup") == []
+    assert fleet.vms["pihole"].packages["openssl"] == "3.0.2-1"
+
+
+def test_without_max_backup_age_no_backup_is_asked(pytester, fleet):
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 0
+    assert not [c for _, c in fleet.commands if "/storage" in c]
+
+
+@pytest.mark.parametrize("value", ["0", "24x", "-1d", "soon"])
+def test_a_bad_max_backup_age_is_a_usage_error(pytester, fleet, value):
+    result = run(pytester, fleet, "-m", "patch", f"--max-backup-age={value}")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--max-backup-age must be a positive age such as 24h or 7d*"])
+    assert fleet.commands == []
