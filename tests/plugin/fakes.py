@@ -65,6 +65,11 @@ class FakeVM:
     hastate: str | None = None  # its HA state in /cluster/resources; None: not an HA resource
     backups: list[float] = field(default_factory=list)  # epoch times of its backups
     extra_config: dict[str, str] = field(default_factory=dict)  # more `qm config` keys
+    # HA (hastate set, not `ignored`): requests queued by qm, carried out `ha_delay` s later
+    ha_delay: float = 0.6
+    ha_queue: list[tuple[float, str]] = field(default_factory=list)
+    ha_requested: str = "started"
+    ha_stop_fails: bool = False  # the LRM cannot stop it: HA state error, VM left running
     # what an admin does to it while its dist-upgrade runs (a config edit, a migration)
     during_update: dict[str, object] = field(default_factory=dict)
 
@@ -108,6 +113,7 @@ class FakeFleet:
 
     def run(self, host: str, command: str) -> tuple[int, str, str]:
         self.commands.append((host, command))
+        self.ha_rounds()
         if host in self.vms:
             vm = self.vms[host]
             if not (vm.running and vm.ssh_up):
@@ -360,6 +366,8 @@ class FakeFleet:
                 vm.agent_in_config = True
             return _ok(f"update VM {vm.vmid}: -agent enabled=1\n")
         skiplock = "--skiplock" in words
+        if vm.hastate and vm.hastate != "ignored" and verb in {"shutdown", "stop", "start"}:
+            return self.ha_request(vm, verb)
         if verb in {"shutdown", "stop"}:
             if vm.running and vm.lock and not skiplock:
                 return _ok("", 255, f"VM is locked ({vm.lock})\n")
@@ -384,6 +392,42 @@ class FakeFleet:
         if verb in {"snapshot", "listsnapshot", "rollback", "delsnapshot"}:
             return self._snapshots(vm, verb, words)
         return _ok("", 255, f"fake pve: unsupported qm {verb}")
+
+    # --- HA: qm only queues; the CRM/LRM act later (reference §1.1, §1.4, §1.6) --------------
+    def ha_request(self, vm: FakeVM, verb: str) -> tuple[int, str, str]:
+        if vm.hastate == "error":
+            return _ok(
+                f"Requesting HA {'start' if verb == 'start' else 'stop'} for VM {vm.vmid}\n"
+                f"service 'vm:{vm.vmid}' in error state, must be disabled and fixed first\n",
+                255,
+            )
+        due = time.monotonic() + vm.ha_delay
+        if verb == "start":
+            vm.ha_requested = "started"  # already the requested state while a stop is queued
+            vm.ha_queue.append((due, "start"))
+            return _ok(f"Requesting HA start for VM {vm.vmid}\n")
+        vm.ha_queue.append((due, "stop"))
+        return _ok(f"Requesting HA stop for VM {vm.vmid}\n")
+
+    def ha_rounds(self) -> None:
+        """The queued requests whose time has come, in order: a stop rewrites the requested
+        state to stopped, so a start queued behind it is lost."""
+        now = time.monotonic()
+        for vm in self.vms.values():
+            while vm.ha_queue and vm.ha_queue[0][0] <= now:
+                _, action = vm.ha_queue.pop(0)
+                if action == "stop":
+                    vm.ha_requested = "stopped"
+                    if vm.ha_stop_fails:
+                        vm.hastate = "error"
+                        continue
+                    vm.running = False
+                    self.apply_pending(vm)
+                    vm.hastate = "stopped"
+                    self.max_down = max(self.max_down, self.down_count())
+                elif vm.ha_requested == "started" and not vm.running:
+                    vm.boot()
+                    vm.hastate = "started"
 
     def _snapshots(self, vm: FakeVM, verb: str, words: list[str]) -> tuple[int, str, str]:
         """PVE 8's snapshot commands: texts and exit codes of the reference, the guest's state

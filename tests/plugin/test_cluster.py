@@ -109,16 +109,65 @@ def test_a_vm_migrated_during_its_update_is_not_shut_down(pytester, fleet):
     result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED (restart:*on node 'pve2'*"])
 
 
-def test_an_ha_managed_vm_is_left_alone_by_a_patch_run_and_verified(pytester, fleet):
-    fleet.vms["pbs"].hastate = "started"
+def verbs(fleet, vmid):
+    return [c.split()[1] for _, c in fleet.commands if re.match(rf"qm \w+ {vmid}\b", c)]
+
+
+def test_an_ha_vm_is_restarted_through_ha_and_waited_for(pytester, fleet):
+    """qm only queues for an HA VM; the fake's HA acts 0.6 s later, and a start queued before
+    the stop was carried out would be lost (the VM would stay off)."""
+    pbs = fleet.vms["pbs"]
+    pbs.hastate = "started"
+    boot_before = pbs.boot_id
     result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert pbs.running and pbs.boot_id != boot_before and pbs.hastate == "started"
+    sent = [c for _, c in fleet.commands if re.match(r"qm (shutdown|stop|start) 101", c)]
+    assert sent == ["qm shutdown 101 --timeout 180", "qm start 101"]
+    seen = verbs(fleet, 101)
+    between = seen[seen.index("shutdown") + 1 : seen.index("start")]
+    assert between.count("status") >= 2  # it waited for HA and qm status to agree
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): ok*"])
+
+
+def test_an_ha_vm_restarted_with_method_stop_gets_an_ha_hard_stop(pytester, fleet):
+    fleet.vms["pbs"].hastate = "started"
+    result = run(pytester, fleet, "-m", "patch", "--restart-method", "stop")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    sent = [c for _, c in fleet.commands if re.match(r"qm (shutdown|stop|start) 101", c)]
+    assert sent == ["qm stop 101", "qm start 101"]
+
+
+def test_ha_error_during_the_stop_ends_the_wait_and_starts_nothing(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.hastate, pbs.ha_stop_fails = "started", True
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 1
+    assert "start" not in verbs(fleet, 101)
     result.stdout.fnmatch_lines(
-        ["*pbs (VM 101 on pve): FAILED (preflight: test_ha_state_lets_pvepatch_act: VM 101 is "
-         "HA-managed (HA state 'started')*"]
+        ["*pbs (VM 101 on pve): FAILED (restart:*HA has VM 101 in state 'error' (waiting for "
+         "stopped): it needs an admin*"]
     )  # fmt: skip
+    assert pbs.running  # left as HA left it, and said so
+
+
+def test_an_ha_vm_requested_stopped_is_not_patched(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.hastate = "stopped"
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED (preflight:*HA state 'stopped'*"])
     assert_untouched_others_patched(fleet, "pbs")
-    verify = run(pytester, fleet, "-m", "verify")
-    assert verify.ret == 0, verify.stdout.str()[-2000:]
+
+
+def test_an_ha_vm_is_never_rolled_back_behind_has_back(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.hastate, pbs.bad_update = "started", True
+    result = run(pytester, fleet, "-m", "patch", "--snapshot", "--rollback-on-failure")
+    assert result.ret == 1
+    assert "rollback" not in verbs(fleet, 101)
+    result.stdout.fnmatch_lines(["*VM 101 is HA-managed (HA state 'started'): qm rollback*"])
+    assert pbs.running and "LEFT DOWN" not in result.stdout.str()  # refused, not half-done
 
 
 @pytest.mark.parametrize("state", ["error", "migrate", "freeze"])

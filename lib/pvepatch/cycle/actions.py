@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from pvepatch.cycle import cluster, questions
+from pvepatch.cycle.harestart import HARestart
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.questions import Asking
 from pvepatch.cycle.record import (
@@ -280,7 +281,8 @@ class VMCycle(Asking):
             self.cluster_gate()
         except SafetyRefusal as exc:
             return RestartOutcome(self.options.restart_method, refused=exc.reason)
-        outcome = Restart(self).run()
+        facts = self.record.cluster
+        outcome = (HARestart if facts and facts.ha_managed else Restart)(self).run()
         if outcome.pending_applied and outcome.stopped:
             changes = "; ".join(outcome.pending_applied)
             self.record.notes.append(f"its restart applied pending config changes: {changes}")

@@ -112,11 +112,10 @@ def _ha(facts: ClusterFacts, vmid: int) -> None:
             f"HA has VM {vmid} in state '{facts.hastate}': it is not touched until HA is done "
             "with it (or an admin fixed it)"
         )
-    elif facts.ha_managed:
+    elif facts.ha_managed and facts.hastate != "started":
         facts.problems["ha"] = (
-            f"VM {vmid} is HA-managed (HA state '{facts.hastate}'): pvepatch does not restart "
-            f"HA-managed VMs yet. Leave it out, or set ha-manager set vm:{vmid} --state ignored "
-            "for the patch and back afterwards"
+            f"VM {vmid} is HA-managed with HA state '{facts.hastate}', not 'started': HA would "
+            "undo a restart or keep it off"
         )
 
 

@@ -92,6 +92,12 @@ class Restart:
         finally:
             self._keep_or_release(slots, healthy)
 
+    # the proof action of the start (pvepatch.proxmox.preconditions)
+    START = "qm start"
+
+    def _stop_action(self) -> str:
+        return "qm stop" if self.options.restart_method == "stop" else "qm shutdown"
+
     def _stop_reason(self) -> str | None:
         return self.fleet.stop_reason()
 
@@ -114,9 +120,7 @@ class Restart:
                     raise SafetyRefusal(
                         self.target.vmid, f"apt/dpkg is running in the guest: {one_line(busy)}"
                     )
-                self.proof = self.cycle.prove_running(
-                    "qm stop" if self.options.restart_method == "stop" else "qm shutdown"
-                )
+                self.proof = self.cycle.prove_running(self._stop_action())
                 outcome.pending_applied = self.cycle.pending_before_restart()
                 guest = self.cycle.guest()
                 outcome.before = Identity(guest.boot_id(), guest.kernel(), self.proof.pid)
@@ -235,18 +239,26 @@ class Restart:
                 proof = prove_stopped_by_us(
                     qm, self.target.proxmox.name, self.proof, self.target.proxmox.node
                 )
+            proof.admit(self.target.vmid, self.START, self.options.skiplock)
         except SafetyRefusal as exc:
             outcome.errors["start"] = f"start refused: {exc.reason}"
             return False
-        self.cycle.note("qm start", proof)
+        self.cycle.note(self.START, proof)
         outcome.mark("start_sent")
-        outcome.start = qm.start(proof, skiplock=self.options.skiplock)
-        outcome.started = outcome.start.ok and self._status() == "running"
+        outcome.start = self._send_start(proof)
+        outcome.started = outcome.start.ok and self._seen_started()
         if not outcome.started:
-            outcome.errors["start"] = _why(outcome.start) or f"status {self._status()}"
+            outcome.errors.setdefault("start", _why(outcome.start) or f"status {self._status()}")
             return False
         outcome.mark("started")
         return True
+
+    def _send_start(self, proof: Proof) -> CommandResult:
+        return self.qm.start(proof, skiplock=self.options.skiplock)
+
+    def _seen_started(self) -> bool:
+        """`qm start` returns once QEMU runs: its status says so at once."""
+        return self._status() == "running"
 
     def _wait_back(self) -> bool:
         """SSH with a new boot_id, the virtio port, the agent, and DNS for a Pi-hole: True when
@@ -376,9 +388,9 @@ class Restart:
             proof = prove_stopped_by_us(
                 self.qm, self.target.proxmox.name, self.proof, self.target.proxmox.node
             )
-            self.cycle.note("qm start", proof)
-            result = self.qm.start(proof, skiplock=self.options.skiplock)
-            outcome.errors["brought_back"] = f"VM started again (qm start rc={result.rc})"
+            self.cycle.note(self.START, proof)
+            result = self._send_start(proof)
+            outcome.errors["brought_back"] = f"VM started again ({self.START} rc={result.rc})"
         except PvepatchError as exc:
             outcome.errors["brought_back"] = f"starting the VM again failed: {exc}"
 

@@ -136,6 +136,7 @@ class Rollback(Restart):
                 self.snapshot,
                 self.target.proxmox.node,
             )
+            self.proof.admit(self.target.vmid, "qm rollback")  # HA, quorum: refused here
         except SafetyRefusal as exc:
             outcome.refused = exc.reason
             self.record.refusals.append(f"qm rollback: {exc.reason}")

@@ -20,10 +20,19 @@ from pvepatch.proxmox.parse import RunStatus, agent_enabled, net_macs
 # A binding proof older than this is not trusted for a shutdown, stop or set.
 MAX_PROOF_AGE = 60.0
 # The status each action needs; every other action needs the VM running.
-WANTED_STATUS = {"qm start": ("stopped",), "qm rollback": ("running", "stopped")}
+WANTED_STATUS = {
+    "qm start": ("stopped",),
+    "ha start": ("stopped",),
+    "qm rollback": ("running", "stopped"),
+}
 # What `qm` hands to the HA manager for an HA resource instead of doing it (a queued request,
 # reference §1.1); a rollback fights the HA manager (§1.6).
 HA_QUEUED = {"qm shutdown", "qm stop", "qm start", "qm rollback"}
+# The requests pvepatch makes of the HA manager itself (pvepatch.cycle.harestart): only for
+# HA-managed VMs.
+HA_REQUESTS = {"ha stop", "ha start"}
+# Actions whose proof may be old: the VM was proven and then taken down by this run.
+STARTS = {"qm start", "ha start"}
 _minting: ContextVar[bool] = ContextVar("pvepatch_minting_a_proof", default=False)
 
 
@@ -109,12 +118,14 @@ class Proof:
                 f"VM {vmid} is HA-managed (HA state '{self.hastate}'): {action} would only "
                 "queue a request to the HA manager",
             )
+        if not self.ha_managed and action in HA_REQUESTS:
+            raise SafetyRefusal(vmid, f"VM {vmid} is not HA-managed (any more): no {action}")
         if self.lock and not skiplock:
             raise SafetyRefusal(
                 vmid, f"VM is locked ({self.lock}) on {self.node} (use --skiplock to override)"
             )
         age = time.monotonic() - self.at
-        if action != "qm start" and age > MAX_PROOF_AGE:
+        if action not in STARTS and age > MAX_PROOF_AGE:
             raise SafetyRefusal(vmid, f"the binding proof is {age:.0f} s old; prove it again")
 
 

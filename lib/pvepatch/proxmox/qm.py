@@ -198,6 +198,27 @@ class Qm:
         command = "qm start %s" + (" --skiplock 1" if skiplock else "")
         return self._run(command, self.vmid, timeout=120.0 + TASK_SLACK, mutating=True, check=False)
 
+    def ha_stop(self, proof: Proof, timeout: int, hard: bool = False) -> CommandResult:
+        """For an HA-managed VM: `qm shutdown` only queues `ha-manager crm-command stop
+        vm:<vmid> <timeout>` and returns (`Requesting HA stop for VM <vmid>`); HA shuts it down
+        rounds later and powers it off after the timeout. `hard`: `qm stop`, queued as a stop
+        with timeout 0 (an immediate power-off). The result, never raising on rc."""
+        proof.admit(self.vmid, "ha stop", node=self.transport.host)
+        if hard:
+            return self._run(
+                "qm stop %s", self.vmid, timeout=TASK_SLACK, mutating=True, check=False
+            )
+        command = "qm shutdown %s --timeout %s"
+        return self._run(
+            command, self.vmid, int(timeout), timeout=TASK_SLACK, mutating=True, check=False
+        )
+
+    def ha_start(self, proof: Proof) -> CommandResult:
+        """For an HA-managed VM: `qm start` only sets its HA state to started (`Requesting HA
+        start for VM <vmid>`); HA starts it rounds later. The result, never raising on rc."""
+        proof.admit(self.vmid, "ha start", node=self.transport.host)
+        return self._run("qm start %s", self.vmid, timeout=TASK_SLACK, mutating=True, check=False)
+
     def snapshot(self, proof: Proof, name: str, description: str) -> CommandResult:
         """`qm snapshot` (disk only; PVE freezes the guest file systems through the agent)."""
         return self._snapshot_task(proof, "snapshot", name, "--description %s", description)
