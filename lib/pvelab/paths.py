@@ -122,3 +122,29 @@ class LabPaths:
     @property
     def state_file(self) -> Path:  # pids of the lab's daemons, ports, acceleration used
         return self.root / "lab.json"
+
+    # -- the cluster (DESIGN.md "Cluster") ---------------------------------------------------
+    @property
+    def pve_etc(self) -> Path:  # /etc/pve: the cluster file system every node shares
+        return self.root / "etc" / "pve"
+
+    @property
+    def vmlist(self) -> Path:
+        """/etc/pve/.vmlist: which node holds each VM (pmxcfs format)."""
+        return self.pve_etc / ".vmlist"
+
+    @property
+    def no_quorum_flag(self) -> Path:  # present while the lab's cluster has lost quorum
+        return self.root / "cluster" / "no-quorum"
+
+    @property
+    def dump_dir(self) -> Path:  # storage `local`'s backup directory (/var/lib/vz/dump)
+        return self.root / "dump"
+
+    def node_dir(self, node: str) -> Path:
+        """A PVE node's sshd files (config, host key, pidfile); the first node keeps `pve/`."""
+        return self.pve_dir if node == "pve" else self.root / "nodes" / node
+
+    def node_bin_dir(self, node: str) -> Path:
+        """A PVE node's own bin dir (qm, pvesh, pvecm wrappers) first on its PATH."""
+        return self.bin_dir if node == "pve" else self.node_dir(node) / "bin"

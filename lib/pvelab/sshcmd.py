@@ -57,8 +57,11 @@ def quote(cmd: str | Sequence[str]) -> str:
     return cmd if isinstance(cmd, str) else shlex.join(str(a) for a in cmd)
 
 
-def ssh_argv(paths: LabPaths, port: int, connect_timeout: int = 10) -> list[str]:
-    """`ssh` to root@127.0.0.1:<port> with the lab's key and pinned known_hosts, never prompting."""
+def ssh_argv(
+    paths: LabPaths, port: int, connect_timeout: int = 10, address: str = "127.0.0.1"
+) -> list[str]:
+    """`ssh` to root@<address>:<port> (loopback: a guest or a PVE node) with the lab's key and
+    pinned known_hosts, never prompting."""
     return [
         "ssh", "-F", "/dev/null", "-T",
         "-i", str(paths.operator_key),
@@ -70,7 +73,7 @@ def ssh_argv(paths: LabPaths, port: int, connect_timeout: int = 10) -> list[str]
         "-o", f"ConnectTimeout={connect_timeout}",
         "-o", "LogLevel=ERROR",
         "-p", str(port),
-        "root@127.0.0.1",
+        f"root@{address}",
     ]  # fmt: skip
 
 
@@ -83,10 +86,11 @@ def ssh_run(
     timeout: float = 120,
     check: bool = False,
     stdin: str | None = None,
+    address: str = "127.0.0.1",
 ) -> CommandResult:
-    """Run `cmd` on root@127.0.0.1:<port>; rc 255 is ssh's own failure; check=True raises."""
+    """Run `cmd` on root@<address>:<port>; rc 255 is ssh's own failure; check=True raises."""
     command = quote(cmd)
-    argv = [*ssh_argv(paths, port), "--", command]
+    argv = [*ssh_argv(paths, port, address=address), "--", command]
     start = time.monotonic()
     try:
         proc = subprocess.run(
@@ -125,10 +129,10 @@ def _text(data: bytes | str | None) -> str:
     return data if isinstance(data, str) else data.decode(errors="replace")
 
 
-def host_key_line(port: int, pubkey_file: Path) -> str:
+def host_key_line(port: int, pubkey_file: Path, address: str = "127.0.0.1") -> str:
     """known_hosts line pinning one key: `[127.0.0.1]:<port> ssh-ed25519 AAAA...`."""
     keytype, blob = pubkey_file.read_text().split()[:2]
-    return f"[127.0.0.1]:{port} {keytype} {blob}"
+    return f"[{address}]:{port} {keytype} {blob}"
 
 
 def ensure_keypair(key: Path, comment: str) -> Path:

@@ -22,7 +22,7 @@ def test_every_fault_is_listed() -> None:
     assert set(faults.FAULTS) == {
         "agent-missing", "virtio-missing", "sshd-broken", "lock-backup",
         "ignore-shutdown", "dns-down", "dpkg-lock", "dpkg-halfconf", "slow-shutdown",
-        "bad-update", "snapshot-unsupported",
+        "bad-update", "snapshot-unsupported", "ha-managed", "no-quorum", "migrated",
     }  # fmt: skip
 
 

@@ -26,9 +26,12 @@ def test_all_vars_pin_key_and_known_hosts(inv: dict, tmp_path: Path) -> None:
     )
 
 
-def test_proxmox_group_is_the_pve_host(inv: dict) -> None:
+def test_proxmox_group_is_both_cluster_nodes(inv: dict) -> None:
     hosts = inv["all"]["children"]["proxmox"]["hosts"]
-    assert hosts == {"pve": {"ansible_host": "127.0.0.1", "ansible_port": 22000}}
+    assert hosts == {
+        "pve": {"ansible_host": "127.0.0.1", "ansible_port": 22000},
+        "pve2": {"ansible_host": "127.0.0.2", "ansible_port": 22000},
+    }
 
 
 def test_ubuntu_vms_have_port_vmid_and_proxmox_host(inv: dict) -> None:

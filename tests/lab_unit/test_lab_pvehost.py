@@ -31,7 +31,7 @@ def test_sshd_config_listens_on_loopback_only(tmp_path: Path) -> None:
     assert f"AuthorizedKeysFile {tmp_path}/pve/authorized_keys" in lines
     assert f"PidFile {tmp_path}/pve/sshd.pid" in lines
     path = f"{tmp_path}/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    assert f"SetEnv PATH={path} PVELAB_DIR={tmp_path}" in lines
+    assert f"SetEnv PATH={path} PVELAB_DIR={tmp_path} PVELAB_NODE=pve" in lines
 
 
 def test_qm_wrapper_runs_the_stand_in_for_this_lab(tmp_path: Path) -> None:
@@ -39,6 +39,7 @@ def test_qm_wrapper_runs_the_stand_in_for_this_lab(tmp_path: Path) -> None:
     assert text.startswith("#!/bin/sh\n")
     assert f'exec /venv/bin/python -m pvelab.pve.qm --lab {tmp_path} "$@"' in text
     assert "PVELAB_PORT_BASE=24000" in text
+    assert "PVELAB_NODE=pve\n" in text  # explicit, never the machine's hostname
 
 
 def test_sshd_config_passes_sshd_t(tmp_path: Path) -> None:

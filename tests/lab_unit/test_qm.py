@@ -68,10 +68,17 @@ def _usage_error(spec: Command, argv: list[str]) -> str:
 
 
 def test_parse_skiplock_before_vmid_is_pve_gotcha() -> None:
+    # pve-common JSONSchema.pm get_options: Getopt takes `100` as the boolean's value, then
+    # the positional check (`not enough arguments`) runs before the boolean parse.
     assert _usage_error(STOP, ["--skiplock", "100"]) == (
-        "400 Parameter verification failed.\n"
-        "skiplock: unable to parse boolean option\n"
-        "qm stop <vmid> [OPTIONS]\n"
+        "400 not enough arguments\nqm stop <vmid> [OPTIONS]\n"
+    )
+
+
+def test_parse_bad_boolean_is_a_plain_400() -> None:
+    # get_options: raise("unable to parse boolean option\n", code => HTTP_BAD_REQUEST)
+    assert _usage_error(STOP, ["100", "--skiplock", "maybe"]) == (
+        "400 unable to parse boolean option\nqm stop <vmid> [OPTIONS]\n"
     )
 
 
@@ -399,8 +406,8 @@ def test_shutdown_with_dead_agent_falls_back_to_acpi(lab: Qm) -> None:
     lab.write_conf(900, WITH_AGENT)
     assert lab("start", 900).returncode == 0
     result = lab("shutdown", 900, "--timeout", 1)
-    assert result.stdout == (
-        "QEMU Guest Agent is not running - VM 900 qga command 'guest-ping' failed - got timeout\n"
+    assert result.stdout == (  # QS8 QMPClient.pm names every peer "qmp"
+        "QEMU Guest Agent is not running - VM 900 qmp command 'guest-ping' failed - got timeout\n"
     )
     assert result.stderr == "VM quit/powerdown failed - got timeout\n"
 
@@ -418,13 +425,14 @@ def test_reboot_of_stopped_vm(lab: Qm) -> None:
     assert (result.returncode, result.stderr) == (255, "VM 900 not running\n")
 
 
-def test_set_agent_on_running_vm_is_pending_until_restart(running: Qm) -> None:
-    assert running("set", 900, "--agent", "1,freeze-fs=1").returncode == 0
-    assert "agent: 1,freeze-fs=1\n" in running("config", 900).stdout
+def test_set_agent_on_running_vm_is_pending_until_stop(running: Qm) -> None:
+    assert running("set", 900, "--agent", "1,freeze-fs-on-backup=1").returncode == 0
+    assert "agent: 1,freeze-fs-on-backup=1\n" in running("config", 900).stdout
     assert "agent:" not in running("config", 900, "--current").stdout
     running("stop", 900)
-    running("start", 900)
+    # QS8 _do_vm_stop -> vm_stop_cleanup(..., $apply_pending_changes = 1): applied at the stop
     assert "[PENDING]" not in running.paths.conf(900).read_text()
+    running("start", 900)
     pid = vmstate.running_pid(running.paths, 900)
     assert b"qga0" in Path(f"/proc/{pid}/cmdline").read_bytes()
 

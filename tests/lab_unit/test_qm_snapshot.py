@@ -189,8 +189,9 @@ def test_snapshot_with_dead_agent_warns_like_pve8(vm: Qm) -> None:
     assert vm("start", 900).returncode == 0
     result = vm("snapshot", 900, "pre")
     assert result.returncode == 0
+    # QS8 QMPClient.pm: "VM $vmid qmp command '$cmd->{execute}' failed - ..." for the agent too
     assert result.stdout == (
-        "QEMU Guest Agent is not running - VM 900 qga command 'guest-ping' failed - got timeout\n"
+        "QEMU Guest Agent is not running - VM 900 qmp command 'guest-ping' failed - got timeout\n"
         + SNAPSHOTTING
     )
 
@@ -491,16 +492,51 @@ def test_paused_vm_is_not_resumed_by_a_snapshot(
     assert [c for c, _ in state.log if c in ("stop", "cont")] == []
 
 
-def test_freeze_failure_is_a_warning(peers: Callable[..., tuple[Context, Peers]]) -> None:
+def test_freeze_agent_error_is_silent_in_pve8(peers: Callable[..., tuple[Context, Peers]]) -> None:
+    # QS8 __snapshot_freeze: a bare mon_cmd, and QMPClient.pm hands an agent's error reply back
+    # as `{error => ...}` instead of dying, so nothing is warned.
     ctx, _ = peers(
         **{"guest-fsfreeze-freeze": {"error": {"class": "GenericError", "desc": "busy"}}}
     )
     rc, out, _err = _run(ctx, "snapshot", "900", "pre")
-    assert rc == 0
-    assert out == (
-        "guest-fsfreeze-freeze problems - VM 900 qga command 'guest-fsfreeze-freeze' failed - busy\n"
-        + SNAPSHOTTING
+    assert (rc, out) == (0, SNAPSHOTTING)
+
+
+def test_freeze_agent_error_warns_in_pve9(
+    peers: Callable[..., tuple[Context, Peers]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QS9 Agent.pm guest_fs_freeze: die "unable to freeze guest fs - $error\n" (warned), and
+    # QS9 qemu_volume_snapshot prints "internal qemu snapshot" for a running qcow2.
+    monkeypatch.setenv("PVELAB_PVE_VERSION", "9")
+    ctx, _ = peers(
+        **{
+            "guest-fsfreeze-status": {"return": "thawed"},
+            "guest-fsfreeze-freeze": {"error": {"class": "GenericError", "desc": "busy"}},
+        }
     )
+    rc, out, _err = _run(ctx, "snapshot", "900", "pre")
+    assert (rc, out) == (
+        0, "unable to freeze guest fs - busy\n" + SNAPSHOTTING + "internal qemu snapshot\n"
+    )  # fmt: skip
+
+
+def test_pve9_skips_freeze_when_freeze_fs_is_off(
+    peers: Callable[..., tuple[Context, Peers]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QS9 Agent.pm guest_fs_freeze_applicable: "skipping guest filesystem freeze - disabled in
+    # VM options"; PVE 8 has no `freeze-fs` key (it would freeze).
+    monkeypatch.setenv("PVELAB_PVE_VERSION", "9")
+    ctx, state = peers()
+    conf = ctx.paths.conf(900)
+    conf.write_text(conf.read_text().replace("agent: 1\n", "agent: 1,freeze-fs=0\n"))
+    rc, out, _err = _run(ctx, "snapshot", "900", "pre")
+    assert (rc, out) == (
+        0,
+        "skipping guest filesystem freeze - disabled in VM options\n"
+        + SNAPSHOTTING
+        + "internal qemu snapshot\n",
+    )
+    assert not [c for c, _ in state.log if c.startswith("guest-fsfreeze")]
 
 
 def test_failed_disk_snapshot_cleans_up_resumes_and_thaws(

@@ -2,8 +2,8 @@
 and on the host (the lab's apt repository, a VM's disks).
 
 Every fault is undone by `pvelab reset`: fresh overlay from the base image, fresh conf, the VM's
-other disks removed, re-seed, and (by `up`) the image's repository back in place of an altered
-one. None of them needs an undo of its own.
+other disks removed, re-seed, the VM back on node `pve`, quorum restored, and (by `up`) the
+image's repository back in place of an altered one. None of them needs an undo of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from pvelab.fleet.roster import VM
 from pvelab.image import debs, recipe
 from pvelab.paths import LabPaths
+from pvelab.pve import cluster, vmstate
 from pvelab.pve.vmconf import edited_conf
 from pvelab.sshcmd import LabError, local_run
 
@@ -233,6 +234,49 @@ def offer_bad_update(paths: LabPaths, vm: VM) -> None:
     repo.write_indexes(repo_dir)
 
 
+# no-quorum / migrated: the cluster's faults (DESIGN.md "Cluster").
+MIGRATE_TARGET = "pve2"
+MIGRATE_SHUTDOWN_TIMEOUT = 120
+
+
+def lose_quorum(paths: LabPaths) -> None:
+    """Every node alone in its partition: `pvecm status` says `Quorate: No`, qm refuses
+    start/migrate/config writes (qm/quorum.py). `reset` restores quorum."""
+    cluster.set_quorum(paths, False, "pvelab fault no-quorum")
+
+
+def _node_qm(paths: LabPaths, node: str, *args: str | int, timeout: float) -> None:
+    """The node's own `qm` wrapper, exactly what its sshd runs for an admin's `qm ...`."""
+    wrapper = paths.node_bin_dir(node) / "qm"
+    if not wrapper.exists():
+        raise LabError(f"no {wrapper}: bring the lab up first")
+    local_run([str(wrapper), *map(str, args)], timeout=timeout)
+
+
+def migrate_away(paths: LabPaths, vm: VM) -> None:
+    """As an admin would: shut the VM down if it runs (forced after 120 s), then the stand-in's
+    own offline `qm migrate <vmid> pve2` on its node. `reset` brings it back to pve, running."""
+    owner = cluster.vm_node(paths, vm.vmid)
+    if owner is None:
+        raise LabError(f"{vm.name}: no config {paths.conf(vm.vmid)}: bring the lab up first")
+    if owner == MIGRATE_TARGET:
+        raise LabError(f"{vm.name}: already on {MIGRATE_TARGET}")
+    if vmstate.running_pid(paths, vm.vmid) is not None:
+        _node_qm(paths, owner, "shutdown", vm.vmid, "--timeout", MIGRATE_SHUTDOWN_TIMEOUT,
+                 "--forceStop", "1", timeout=MIGRATE_SHUTDOWN_TIMEOUT + 60)  # fmt: skip
+    _node_qm(paths, owner, "migrate", vm.vmid, MIGRATE_TARGET, timeout=120)
+
+
+def ha_manage(paths: LabPaths, vm: VM) -> None:
+    """As an admin would: `ha-manager add vm:<vmid> --state started` on the VM's node (the HA
+    daemon then owns its power state). `reset` removes the resource again."""
+    owner = cluster.vm_node(paths, vm.vmid) or cluster.FIRST_NODE
+    wrapper = paths.node_bin_dir(owner) / "ha-manager"
+    if not wrapper.exists():
+        raise LabError(f"no {wrapper}: bring the lab up first")
+    local_run([str(wrapper), "add", f"vm:{vm.vmid}", "--state", "started"], timeout=30)
+
+
 @dataclass(frozen=True)
 class Fault:
     name: str
@@ -243,6 +287,8 @@ class Fault:
     role: str | None = None  # only VMs of this role can take the fault
     timeout: float = 180
     host: Callable[[LabPaths, VM], None] | None = None  # host-side step, before the guest's
+    # A fault of the whole cluster: takes no VM (one named is ignored).
+    whole_cluster: Callable[[LabPaths], None] | None = None
 
 
 FAULTS: dict[str, Fault] = {
@@ -270,6 +316,12 @@ FAULTS: dict[str, Fault] = {
               BAD_UPDATE_SCRIPT, host=offer_bad_update),
         Fault("snapshot-unsupported", "second disk virtio1 on raw storage: PVE cannot snapshot the VM",
               None, {"virtio1": RAW_DISK_CONF}, host=add_raw_disk),
+        Fault("ha-managed", "HA resource vm:<vmid> (state started): qm start/stop/shutdown only queue requests",
+              host=ha_manage),
+        Fault("no-quorum", "the cluster loses quorum: qm start/migrate/set/snapshot fail on every node",
+              whole_cluster=lose_quorum),
+        Fault("migrated", f"shut down if running, then offline-migrated to {MIGRATE_TARGET} (qm migrate)",
+              host=migrate_away, timeout=MIGRATE_SHUTDOWN_TIMEOUT + 180),
     )
 }  # fmt: skip
 

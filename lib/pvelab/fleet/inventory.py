@@ -9,8 +9,9 @@ import yaml
 
 from pvelab.fleet.roster import FLEET, VM
 from pvelab.paths import LabPaths
+from pvelab.pve import cluster
 
-PVE_HOST = "pve"
+PVE_HOST = cluster.FIRST_NODE
 PIHOLE_VARS = {
     "pihole_resolve_name": "pi.hole",
     "pihole_blocked_name": "ads.example.com",
@@ -24,8 +25,8 @@ REDUNDANCY_VARS = {"pvepatch_redundancy_group": "pihole"}
 
 
 def build(paths: LabPaths, base: int, vms: Iterable[VM] = FLEET) -> dict[str, Any]:
-    """The inventory as a dict: groups proxmox, ubuntu_vms (every VM), pihole (DNS role and
-    redundancy group)."""
+    """The inventory as a dict: groups proxmox (both cluster nodes), ubuntu_vms (every VM, bound
+    to `pve`, where provisioning puts it), pihole (DNS role and redundancy group)."""
     vms = list(vms)
     guests = {
         vm.name: {
@@ -48,7 +49,10 @@ def build(paths: LabPaths, base: int, vms: Iterable[VM] = FLEET) -> dict[str, An
             },
             "children": {
                 "proxmox": {
-                    "hosts": {PVE_HOST: {"ansible_host": "127.0.0.1", "ansible_port": base}}
+                    "hosts": {
+                        n.name: {"ansible_host": n.address, "ansible_port": base}
+                        for n in cluster.NODES
+                    }
                 },
                 "ubuntu_vms": {"hosts": guests},
                 "pihole": {"hosts": piholes, "vars": {**PIHOLE_VARS, **REDUNDANCY_VARS}},

@@ -14,7 +14,9 @@ from pvelab import procs
 from pvelab.fleet import bootwait, faults, inventory, provision, roster, seed
 from pvelab.fleet.roster import FLEET, VM
 from pvelab.paths import LabPaths, port_base
-from pvelab.pve import accel, node, vmconf, vmstate
+from pvelab.pve import accel, cluster, node, vmconf, vmstate
+from pvelab.pve.ha import config as haconfig
+from pvelab.pve.ha import daemon as hadaemon
 from pvelab.sshcmd import CommandError, CommandResult, LabError, quote, ssh_run
 
 Log = Callable[[str], None]
@@ -54,16 +56,28 @@ class Lab:
         os.replace(tmp, self.paths.state_file)
 
     # -- commands into the lab --------------------------------------------------------------
-    def pve_run(self, cmd: str | Sequence[str], timeout: float = 120) -> CommandResult:
-        """A command on the PVE host, over its SSH like an operator would."""
-        return ssh_run(self.paths, self.base, cmd, host="pve", timeout=timeout)
+    def pve_run(
+        self, cmd: str | Sequence[str], timeout: float = 120, node: str = cluster.FIRST_NODE
+    ) -> CommandResult:
+        """A command on a PVE node (default `pve`), over its SSH like an operator would."""
+        return ssh_run(
+            self.paths, self.base, cmd, host=node, timeout=timeout, address=cluster.address(node)
+        )
 
-    def qm(self, *args: str | int, timeout: float = 120, check: bool = True) -> CommandResult:
-        """`ssh pve qm <args>`; check=True raises CommandError on a non-zero exit."""
-        result = self.pve_run(["qm", *map(str, args)], timeout=timeout)
+    def qm(
+        self, *args: str | int, timeout: float = 120, check: bool = True, node: str | None = None
+    ) -> CommandResult:
+        """`ssh <node> qm <args>` (default `pve`); check=True raises CommandError on failure."""
+        result = self.pve_run(
+            ["qm", *map(str, args)], timeout=timeout, node=node or cluster.FIRST_NODE
+        )
         if check and not result.ok:
             raise CommandError(result)
         return result
+
+    def node_of(self, vm: VM) -> str:
+        """The node that holds the VM (.vmlist); `pve` for a VM not provisioned yet."""
+        return cluster.vm_node(self.paths, vm.vmid) or cluster.FIRST_NODE
 
     def guest_run(
         self, vm: str | VM, cmd: str | Sequence[str], timeout: float = 120
@@ -146,11 +160,21 @@ class Lab:
             repo_pid = repo.start_repo_server(self.paths.repo_dir, self.repo_port, log_file)
             log(f"apt repository served on 127.0.0.1:{self.repo_port} (pid {repo_pid})")
         seed.ensure_operator_key(self.paths)
-        sshd_pid = node.start(self.paths, self.base)
-        log(f"PVE host sshd on 127.0.0.1:{self.base} (pid {sshd_pid})")
+        sshd_pids = {}
+        for pve in cluster.NODES:
+            sshd_pids[pve.name] = node.start(self.paths, self.base, pve.name)
+            log(
+                f"PVE node {pve.name} sshd on {pve.address}:{self.base} (pid {sshd_pids[pve.name]})"
+            )
+        ha_pid = hadaemon.start(self.paths, self.base)  # the HA CRM + LRMs (kept if running)
+        log(f"HA daemon: pid {ha_pid}, log {self.paths.log_dir / 'ha.log'}")
+        self._save_state(ha_pid=ha_pid)
         for vm in FLEET:  # every VM's key is pinned, also for VMs not started this time
             seed.write_seed(self.paths, vm)
-        pinned = [(self.base, node.host_key(self.paths).with_name("ssh_host_ed25519_key.pub"))]
+        pinned: list[seed.KnownHost] = [
+            (self.base, _pub(node.host_key(self.paths, pve.name)), pve.address)
+            for pve in cluster.NODES
+        ]
         pinned += [(vm.ssh_port(self.base), _pub(seed.host_key(self.paths, vm))) for vm in FLEET]
         seed.write_known_hosts(self.paths, pinned)
         self.choose_accel(img.kernel, log)
@@ -158,7 +182,8 @@ class Lab:
             port_base=self.base,
             repo_port=self.repo_port,
             repo_pid=repo_pid,
-            pve_sshd_pid=sshd_pid,
+            pve_sshd_pid=sshd_pids[cluster.FIRST_NODE],
+            node_sshd_pids=sshd_pids,
             image={"dir": str(img.dir), "base": str(img.base), "kernel": str(img.kernel)},
         )
         return img
@@ -188,9 +213,10 @@ class Lab:
     def _start_vms(self, selected: list[VM], log: Log) -> list[bootwait.BootState]:
         states = []
         for vm in selected:
-            status = self.qm("status", vm.vmid).stdout.strip()
+            owner = self.node_of(vm)
+            status = self.qm("status", vm.vmid, node=owner).stdout.strip()
             if status != "status: running":
-                result = self.qm("start", vm.vmid, timeout=60)
+                result = self.qm("start", vm.vmid, timeout=60, node=owner)
                 log(f"{vm.name}: qm start {vm.vmid} ({result.duration:.1f} s)")
             else:
                 log(f"{vm.name}: already running")
@@ -226,8 +252,9 @@ class Lab:
         pid = self.qemu_pid(vm)
         if pid is None:
             return "not running"
-        if node.running_pid(self.paths) is not None:
-            result = self.qm("stop", vm.vmid, "--skiplock", 1, timeout=60, check=False)
+        owner = self.node_of(vm)
+        if node.running_pid(self.paths, owner) is not None:
+            result = self.qm("stop", vm.vmid, "--skiplock", 1, timeout=60, check=False, node=owner)
             if result.ok and self.qemu_pid(vm) is None:
                 return "qm stop"
         if procs.terminate(pid, grace=10):
@@ -235,38 +262,60 @@ class Lab:
         raise LabError(f"{vm.name}: QEMU pid {pid} survived SIGTERM and SIGKILL")
 
     def down(self, log: Log = print) -> None:
-        """Stop every VM (disks kept), the PVE host sshd and the repo server."""
+        """Stop every VM (disks kept), both PVE nodes' sshds and the repo server. Backups,
+        .vmlist and cluster faults stay."""
+        if hadaemon.stop(self.paths):  # first: its LRM would restart VMs stopped below
+            log("HA daemon stopped")
+        haconfig.clear(self.paths)  # no HA resource survives `down`: the next `up` starts clean
+        self._save_state(ha_pid=None)
         with ThreadPoolExecutor(max_workers=len(FLEET)) as pool:
             for vm, how in zip(FLEET, pool.map(self.stop_vm, FLEET), strict=True):
                 if how != "not running":
                     log(f"{vm.name}: stopped ({how})")
-        if node.stop(self.paths):
-            log("PVE host sshd stopped")
+        for pve in cluster.NODES:
+            if node.stop(self.paths, pve.name):
+                log(f"PVE node {pve.name} sshd stopped")
         repo_pid = self._repo_server_pid()
         if repo_pid is not None and procs.terminate(repo_pid, grace=5):
             log("apt repository server stopped")
-        self._save_state(pve_sshd_pid=None, repo_pid=None)
+        self._save_state(pve_sshd_pid=None, node_sshd_pids=None, repo_pid=None)
 
     def reset(self, vms: VMs = None, log: Log = print, timeout: float = UP_TIMEOUT) -> dict:
-        """Undo every fault: stop, fresh overlay from the base, fresh conf, no other disks,
-        re-seed; then `up` (which also restores the image's repository if a fault altered it)."""
+        """Undo every fault: stop, fresh overlay from the base, fresh conf on node `pve`, no
+        other disks, re-seed, quorum back; then `up` (which also restores the image's repository
+        if a fault altered it). Backups in storage `local` stay."""
         selected = roster.select(vms)
         for vm in selected:
+            if haconfig.remove_resource(self.paths, f"vm:{vm.vmid}", check_quorum=False):
+                log(f"{vm.name}: HA resource vm:{vm.vmid} removed")  # else qm stop only queues
             how = self.stop_vm(vm)
             log(f"{vm.name}: {how}")
+            owner = self.node_of(vm)
             self.paths.conf(vm.vmid).unlink(missing_ok=True)
+            cluster.register(self.paths, vm.vmid, cluster.FIRST_NODE, keep=False)
+            if owner != cluster.FIRST_NODE:
+                log(f"{vm.name}: back on node {cluster.FIRST_NODE} from {owner} (.vmlist)")
             # The overlay and any disk a fault added (snapshot-unsupported's raw disk).
             for disk in self.paths.disks_dir.glob(f"vm-{vm.vmid}-disk-*"):
                 disk.unlink()
             seed.write_seed(self.paths, vm)
             log(f"{vm.name}: conf and disks removed; `up` recreates them from the base image")
+        if not cluster.quorate(self.paths):
+            cluster.set_quorum(self.paths, True)
+            log("cluster: quorum restored")
         return self.up([vm.name for vm in selected], log=log, timeout=timeout)
 
     # -- faults -----------------------------------------------------------------------------
-    def fault(self, name: str, vm: str | VM, log: Log = print) -> CommandResult | None:
+    def fault(self, name: str, vm: str | VM | None, log: Log = print) -> CommandResult | None:
         """Inject fault `name` into `vm`: host side first, then the guest (via SSH as root), then
-        its conf."""
+        its conf. A cluster fault (no-quorum) takes no VM."""
         flt = faults.get(name)
+        if flt.whole_cluster is not None:
+            flt.whole_cluster(self.paths)
+            log(f"cluster: fault {name} applied ({flt.summary})")
+            return None
+        if vm is None:
+            raise LabError(f"fault {name} needs a VM")
         guest = roster.by_name(vm) if isinstance(vm, str) else vm
         faults.check_applicable(flt, guest)
         if flt.host is not None:
@@ -289,6 +338,14 @@ class Lab:
         state = self.state()
         repo_pid = self._repo_server_pid()
         sshd_pid = node.running_pid(self.paths)
+        nodes = {
+            pve.name: {
+                "address": pve.address,
+                "port": self.base,
+                "pid": node.running_pid(self.paths, pve.name),
+            }
+            for pve in cluster.NODES
+        }
         vms = {}
         for vm in FLEET:
             pid = self.qemu_pid(vm)
@@ -296,6 +353,7 @@ class Lab:
             vm_conf = vmconf.parse_conf(conf.read_text() if conf.exists() else "")
             vms[vm.name] = {
                 "vmid": vm.vmid,
+                "node": cluster.vm_node(self.paths, vm.vmid),
                 "configured": conf.exists(),
                 "status": "running" if pid else "stopped",
                 "pid": pid,
@@ -307,6 +365,8 @@ class Lab:
         return {
             "lab": str(self.paths.root),
             "pve_sshd": {"port": self.base, "pid": sshd_pid},
+            "nodes": nodes,
+            "quorate": cluster.quorate(self.paths),
             "repo_http": {"port": self.repo_port, "pid": repo_pid},
             "accel": state.get("accel"),
             "vms": vms,

@@ -1,4 +1,4 @@
-"""Per-VM files on the PVE host side: the qcow2 overlay and the PVE conf."""
+"""Per-VM files on the PVE side: the qcow2 overlay, the PVE conf and its .vmlist entry."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pvelab.fleet.roster import VM, qemu_args, render_conf
 from pvelab.paths import LabPaths
+from pvelab.pve import cluster
 from pvelab.pve.vmconf import edited_conf, parse_conf
 from pvelab.sshcmd import local_run
 
@@ -49,6 +50,8 @@ def ensure_conf(paths: LabPaths, vm: VM, kernel: Path, initrd: Path) -> str:
     """Write the conf if missing; else only bring `args` up to date, keeping other edits
     (faults such as `lock: backup` survive `up`; `reset` removes them). Returns what it did."""
     conf = paths.conf(vm.vmid)
+    # .vmlist: a new VM goes to the first node; one already listed (migrated) stays put.
+    cluster.register(paths, vm.vmid, cluster.FIRST_NODE)
     if not conf.exists():
         write_conf(paths, vm, kernel, initrd)
         return "created"

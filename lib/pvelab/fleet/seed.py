@@ -61,11 +61,20 @@ def read_seed(tar: Path) -> dict[str, bytes]:
         return result
 
 
-def known_hosts_text(entries: Iterable[tuple[int, Path]]) -> str:
-    """One pinned line per (port, public key file): the PVE host's and each VM's."""
-    return "".join(host_key_line(port, pub) + "\n" for port, pub in entries)
+KnownHost = tuple[int, Path] | tuple[int, Path, str]
 
 
-def write_known_hosts(paths: LabPaths, entries: Iterable[tuple[int, Path]]) -> Path:
+def known_hosts_text(entries: Iterable[KnownHost]) -> str:
+    """One pinned line per (port, public key file[, address]): each PVE node's and each VM's
+    (address 127.0.0.1 unless given: pve2 listens on 127.0.0.2)."""
+    lines = []
+    for entry in entries:
+        port, pub = entry[0], entry[1]
+        address = entry[2] if len(entry) > 2 else "127.0.0.1"  # type: ignore[misc]
+        lines.append(host_key_line(port, pub, address) + "\n")
+    return "".join(lines)
+
+
+def write_known_hosts(paths: LabPaths, entries: Iterable[KnownHost]) -> Path:
     paths.known_hosts.write_text(known_hosts_text(entries))
     return paths.known_hosts

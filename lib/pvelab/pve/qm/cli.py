@@ -14,19 +14,42 @@ from pathlib import Path
 from typing import Any
 
 from pvelab.paths import LabPaths
-from pvelab.pve import vmconf, vmstate
-from pvelab.pve.qm import formats, guest, power, snapconf, snapshot
-from pvelab.pve.qm.context import Context, QmError, check_lock, node_name
-from pvelab.pve.qm.options import Command, Option, UsageError, parse
+from pvelab.pve import cluster, vmconf, vmstate
+from pvelab.pve.qm import formats, guest, migrate, power, schema, setconf, snapconf, snapshot
+from pvelab.pve.qm.context import Context, QmError, node_name
+from pvelab.pve.qm.options import (
+    Command,
+    Option,
+    ParamErrors,
+    UsageError,
+    check_value,
+    param_error,
+    parse,
+)
 from pvelab.pve.qmp import MonitorError
 
 SKIPLOCK = Option("skiplock", "boolean")
 SNAPNAME = snapconf.snapname_error
 SNAPSHOT_OPT = Option("snapshot", check=SNAPNAME)
 TIMEOUT = Option("timeout", "integer", minimum=0)
-# `qm set` keys the lab supports; applied at once even while running (PVE "fast plug").
-SET_KEYS = ("agent", "args", "cores", "description", "memory", "name", "onboot", "ostype", "tags")
-FASTPLUG = ("description", "name", "onboot", "tags", "lock")
+
+
+def pid_error(value: str) -> str | None:
+    """Agent.pm exec-status: `pid` is of type integer."""
+    return check_value(Option("pid", "integer"), value)
+
+
+WAIT_TIMEOUT = Option("timeout", "integer", minimum=1)  # QS8 CLI/qm.pm `wait`: minimum => 1
+CONFIGID_LIST = schema.configid_list_error
+# QS8 API2/Qemu.pm update_vm: skiplock, delete, revert, force (requires delete), digest + keys.
+SET_OPTIONS = (
+    SKIPLOCK,
+    Option("delete", check=CONFIGID_LIST, is_list=True),
+    Option("revert", check=CONFIGID_LIST, is_list=True),
+    Option("force", "boolean", requires="delete"),
+    Option("digest", max_length=40),
+    *schema.SET_OPTIONS,
+)
 
 
 def status(ctx: Context, p: dict[str, Any]) -> None:
@@ -83,6 +106,8 @@ def list_(ctx: Context, p: dict[str, Any]) -> None:
         if not re.fullmatch(r"\d+", path.stem):
             continue
         vmid = int(path.stem)
+        if not cluster.on_node(ctx.paths, vmid, ctx.node):
+            continue  # config_list: `next if ... $d->{node} ne $nodename`
         conf = vmconf.load_conf(path)
         if conf is None:
             continue
@@ -104,44 +129,14 @@ def config(ctx: Context, p: dict[str, Any]) -> None:
     """`qm config [--current|--snapshot <name>]`: sorted `key: value`, pending applied unless
     --current; with --snapshot that snapshot's section (API vm_config)."""
     if p.get("snapshot"):
-        conf = snapshot.snapshot_config(ctx, p, COMMANDS["config"].spec)
+        conf = snapshot.snapshot_config(ctx, p)
     else:
-        conf = ctx.load(p["vmid"]).current(apply_pending=not p.get("current"))
+        conf = setconf.current_config(ctx.load(p["vmid"]), bool(p.get("current")))
     for key in sorted(conf):
         if key == "digest":
             continue
         value = vmconf.encode_text(conf[key]) if key == "description" else conf[key]
         ctx.out(f"{key}: {value}\n")
-
-
-def set_(ctx: Context, p: dict[str, Any]) -> None:
-    """`qm set`: the lab's keys; non-hotpluggable changes of a running VM go to [PENDING]."""
-    vmid = p["vmid"]
-    ctx.load(vmid)
-    changes = {k: str(p[k]) for k in SET_KEYS if k in p}
-    deletes = [k for k in re.split(r"[,;\s]+", p.get("delete", "")) if k]
-    if "agent" in changes:
-        try:
-            vmconf.parse_agent(changes["agent"])
-        except vmconf.ConfError as exc:
-            raise QmError(f"400 Parameter verification failed.\nagent: {exc}") from exc
-    with ctx.lock_config(vmid):
-        conf = ctx.load(vmid)
-        if not p.get("skiplock"):
-            check_lock(conf)
-        running = vmstate.running_pid(ctx.paths, vmid) is not None
-        for key, value in changes.items():
-            if running and key not in FASTPLUG:
-                conf.pending[key] = value
-            else:
-                conf.main[key] = value
-        for key in deletes:
-            if running and key not in FASTPLUG:
-                pending = [d for d in conf.pending.get("delete", "").split(",") if d]
-                conf.pending["delete"] = ",".join([*pending, key])
-            else:
-                conf.main.pop(key, None)
-        vmconf.write_conf(ctx.paths.conf(vmid), conf)
 
 
 def unlock(ctx: Context, p: dict[str, Any]) -> None:
@@ -178,9 +173,12 @@ COMMANDS: dict[str, Entry] = {
             TIMEOUT,
             Option("machine"),
             Option("force-cpu"),
-            Option("stateuri"),
+            Option("stateuri", max_length=128),
             Option("migratedfrom"),
+            Option("migration_type", enum=("secure", "insecure")),
+            Option("migration_network"),
             Option("targetstorage"),
+            Option("nets-host-mtu"),
         ),
         power.start,
         task=True,
@@ -212,9 +210,10 @@ COMMANDS: dict[str, Entry] = {
     "status": Entry(_vm("status", Option("verbose", "boolean")), status),
     "config": Entry(_vm("config", Option("current", "boolean"), SNAPSHOT_OPT), config),
     "list": Entry(Command("list", (), (Option("full", "boolean"),)), list_),
-    "set": Entry(_vm("set", SKIPLOCK, Option("delete"), *(Option(k) for k in SET_KEYS)), set_),
+    "set": Entry(_vm("set", *SET_OPTIONS), setconf.set_),
+    "pending": Entry(_vm("pending"), setconf.pending),
     "unlock": Entry(_vm("unlock"), unlock),
-    "wait": Entry(_vm("wait", TIMEOUT), power.wait),
+    "wait": Entry(_vm("wait", WAIT_TIMEOUT), power.wait),
     "snapshot": Entry(
         _snap("snapshot", Option("description"), Option("vmstate", "boolean")),
         snapshot.snapshot,
@@ -239,27 +238,56 @@ COMMANDS: dict[str, Entry] = {
         ),
         guest.exec_,
     ),  # fmt: skip
-    "guest exec-status": Entry(Command("guest exec-status", ("vmid", "pid")), guest.exec_status),
+    "guest exec-status": Entry(
+        Command("guest exec-status", ("vmid", "pid"), arg_checks={"pid": pid_error}),
+        guest.exec_status,
+    ),
+    "migrate": Entry(migrate.COMMAND, migrate.migrate, task=True),
 }
-ALIASES = {"agent": "guest cmd"}
 
 
-def usage_all() -> str:
-    lines = [COMMANDS[k].spec.usage() for k in sorted(COMMANDS)]
-    return "USAGE: qm <COMMAND> [ARGS] [OPTIONS]\n" + "".join(f"       {u}\n" for u in lines)
+# QS8 CLI/qm.pm $cmddef: every top-level word (+ CLIHandler's `help`), for PVE's unique-prefix
+# expansion; aliases are matched only in full. The stand-in implements COMMANDS of them.
+PVE_COMMANDS = (
+    "list create destroy clone migrate remote-migrate set config pending showcmd status snapshot "
+    "delsnapshot listsnapshot rollback template start stop reset shutdown reboot suspend resume "
+    "sendkey vncproxy wait unlock disk enroll-efi-keys monitor guest mtunnel nbdstop terminal "
+    "importovf cleanup cloudinit import help".split()
+)
+PVE_ALIASES = {
+    "agent": "guest cmd", "importdisk": "disk import", "move-disk": "disk move",
+    "move_disk": "disk move", "rescan": "disk rescan", "resize": "disk resize",
+    "unlink": "disk unlink",
+}  # fmt: skip
+GUEST_COMMANDS = ("cmd", "passwd", "exec", "exec-status")
+
+
+def usage_all(prefix: str = "") -> str:
+    """print_usage_short: the USAGE line, a blank line, the (sub)commands' short usages."""
+    lines = [COMMANDS[k].spec.usage() for k in sorted(COMMANDS) if k.startswith(prefix)]
+    return "USAGE: qm <COMMAND> [ARGS] [OPTIONS]\n\n" + "".join(f"       {u}\n" for u in lines)
+
+
+def _expand(word: str, names: tuple[str, ...] | list[str]) -> str:
+    """CLIHandler $expand_command_name: exact, else the only command starting with it."""
+    if word in names or word in PVE_ALIASES:
+        return word
+    matches = [n for n in names if n.startswith(word)]
+    return matches[0] if len(matches) == 1 else word
 
 
 def resolve(argv: list[str]) -> tuple[Entry, list[str]]:
     """Find the (sub)command; usage errors as PVE's CLIHandler prints them."""
     if not argv:
         raise UsageError("ERROR: no command specified\n" + usage_all())
-    word = ALIASES.get(argv[0], argv[0])
+    word = _expand(argv[0], PVE_COMMANDS)
+    if word in PVE_ALIASES:
+        return resolve([*PVE_ALIASES[word].split(), *argv[1:]])
+    rest = argv[1:]
     if word == "guest":
-        if len(argv) < 2:
-            raise UsageError("ERROR: no command specified\n" + usage_all())
-        word, rest = f"guest {argv[1]}", argv[2:]
-    else:
-        rest = argv[1:]
+        if not rest:
+            raise UsageError("ERROR: incomplete command 'qm guest'\n" + usage_all("guest "))
+        word, rest = f"guest {_expand(rest[0], GUEST_COMMANDS)}", rest[1:]
     if word not in COMMANDS:
         raise UsageError(f"ERROR: unknown command 'qm {word}'\n" + usage_all())
     return COMMANDS[word], rest
@@ -276,6 +304,9 @@ def run(ctx: Context, argv: list[str]) -> int:
     ctx.task = entry.task  # a handler clears it for its checks before PVE's fork_worker
     try:
         entry.handler(ctx, params)
+    except ParamErrors as exc:  # raise_param_exc in the API code: the CLI adds the usage
+        ctx.stderr.write(str(param_error(entry.spec, exc.errors)))
+        return 255
     except QmError as exc:
         ctx.stderr.write(f"{exc}\n")
         return 255 if ctx.task else exc.rc

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from pvelab.paths import LabPaths
-from pvelab.pve import vmconf
+from pvelab.pve import cluster, vmconf
+from pvelab.pve.qm.version import flavour
 from pvelab.pve.qmp import QGAClient, QMPClient
 from pvelab.pve.vmconf import VMConf
 
@@ -55,7 +56,9 @@ class Context:
         return QMPClient(self.paths.qmp_socket(vmid), vmid)
 
     def qga(self, vmid: int) -> QGAClient:
-        return QGAClient(self.paths.qga_socket(vmid), vmid)
+        client = QGAClient(self.paths.qga_socket(vmid), vmid)
+        client.kind = flavour().qga_error_kind  # PVE 8 says "qmp command" for the agent too
+        return client
 
     def conf_missing(self, vmid: int) -> QmError:
         """load_config's message; exit 2 (ENOENT left in $! when Perl dies)."""
@@ -64,7 +67,9 @@ class Context:
         )
 
     def load(self, vmid: int) -> VMConf:
-        """PVE::QemuConfig->load_config."""
+        """PVE::QemuConfig->load_config: only a VM this node holds (cluster.py, .vmlist)."""
+        if not cluster.on_node(self.paths, vmid, self.node):
+            raise self.conf_missing(vmid)
         try:
             conf = vmconf.load_conf(self.paths.conf(vmid))
         except vmconf.ConfError as exc:
@@ -75,7 +80,7 @@ class Context:
 
     def assert_config_exists_on_node(self, vmid: int) -> None:
         """The check behind stop/shutdown/reboot/wait: a different text from load_config's."""
-        if not self.paths.conf(vmid).exists():
+        if not cluster.on_node(self.paths, vmid, self.node):
             raise QmError(f"unable to find configuration file for VM {vmid} on node '{self.node}'")
 
     @contextmanager

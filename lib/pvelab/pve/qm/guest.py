@@ -10,6 +10,7 @@ from typing import Any
 from pvelab.pve import vmstate
 from pvelab.pve.qm import formats
 from pvelab.pve.qm.context import Context, QmError
+from pvelab.pve.qm.options import ParamErrors
 from pvelab.pve.qm.power import qga_check_running
 from pvelab.pve.qmp import MonitorCommandError, MonitorError
 
@@ -76,21 +77,19 @@ def exec_(ctx: Context, p: dict[str, Any]) -> None:
     vmid = p["vmid"]
     sync = p.get("synchronous", True)
     if "timeout" in p and not sync:
-        raise QmError(
-            "400 Parameter verification failed.\n"
-            "synchronous: needs to be set for 'timeout'\n"
-            "qm guest exec <vmid> [<extra-args>] [OPTIONS]"
-        )
-    assert_agent_available(ctx, vmid)
-    argv = p.get("extra-args") or []
-    if not argv:
-        raise QmError("No command given")  # exact PVE text unverified
-    arguments: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
-    if p.get("pass-stdin"):
+        raise ParamErrors({"synchronous": "needs to be set for 'timeout'"})
+    arguments: dict[str, Any] = {"capture-output": True}
+    if p.get("pass-stdin"):  # read before anything is checked, as the CLI code does
         data = sys.stdin.buffer.read(STDIN_LIMIT + 1)
         if len(data) > STDIN_LIMIT:
             raise QmError("'input-data' (STDIN) is limited to 1 MiB, aborting")
         arguments["input-data"] = base64.b64encode(data).decode()
+    argv = p.get("extra-args") or []
+    if argv:
+        arguments.update(path=argv[0], arg=argv[1:])
+    if "input-data" not in arguments and "path" not in arguments:
+        raise QmError("command or input-data (or both) required")  # QS8 Agent.pm qemu_exec
+    assert_agent_available(ctx, vmid)  # agent_cmd: load_config, agent_available
     res = _agent_call(ctx, vmid, "guest-exec", arguments)
     if sync:
         res = _poll_exec(ctx, vmid, res, p.get("timeout", 30))
@@ -113,8 +112,5 @@ def exec_status(ctx: Context, p: dict[str, Any]) -> None:
     """`qm guest exec-status <vmid> <pid>`."""
     vmid = p["vmid"]
     assert_agent_available(ctx, vmid)
-    try:
-        pid = int(p["pid"])
-    except ValueError as exc:
-        raise QmError(f"pid: type check ('integer') failed - got '{p['pid']}'") from exc
+    pid = int(p["pid"])  # checked by the schema (type integer)
     ctx.out(formats.perl_json(exec_status_result(vmid, ctx, pid)) + "\n")

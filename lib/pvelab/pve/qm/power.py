@@ -9,7 +9,9 @@ import time
 from typing import Any
 
 from pvelab.pve import accel, vmconf, vmstate
+from pvelab.pve.ha import qmbranch
 from pvelab.pve.qemu import qemu_command
+from pvelab.pve.qm import quorum, setconf
 from pvelab.pve.qm.context import Context, QmError, check_lock
 from pvelab.pve.qmp import MonitorError
 from pvelab.pve.vmconf import VMConf, agent_enabled
@@ -25,7 +27,10 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def start(ctx: Context, p: dict[str, Any]) -> None:
-    """vm_start: lock, checks, pending changes applied, QEMU launched and daemonized."""
+    """vm_start: lock, checks, leftover pending changes applied, QEMU launched (daemonized)."""
+    quorum.check_cfs_quorum(ctx)  # the API's first check, before HA and load_config
+    if qmbranch.start(ctx, p):  # HA-managed: only `Requesting HA start` (QS8 vm_start)
+        return
     vmid = p["vmid"]
     ctx.load(vmid)
     with ctx.lock_config(vmid):
@@ -38,8 +43,8 @@ def start(ctx: Context, p: dict[str, Any]) -> None:
             check_lock(conf)
         if pid:
             raise QmError(f"VM {vmid} already running")
-        if conf.pending:
-            conf.apply_pending()
+        if conf.pending:  # left by a poweroff from inside the guest (`qm cleanup` path)
+            setconf.apply_pending(conf)
             vmconf.write_conf(ctx.paths.conf(vmid), conf)
         launch(ctx, vmid, conf, p.get("timeout"))
 
@@ -85,7 +90,21 @@ def _terminate(ctx: Context, vmid: int, pid: int) -> None:
         ctx.warn("VM still running - terminating now with SIGKILL")
         _kill(pid, signal.SIGKILL)
         time.sleep(1)
+    stop_cleanup(ctx, vmid)
+
+
+def stop_cleanup(ctx: Context, vmid: int) -> None:
+    """vm_stop_cleanup(..., $apply_pending_changes = 1, $noerr = 1) at the end of _do_vm_stop:
+    runtime files go, [PENDING] is applied; a failure there is only a warning."""
     vmstate.cleanup(ctx.paths, vmid)
+    try:
+        conf = ctx.load(vmid)
+        if conf.pending:
+            setconf.apply_pending(conf)
+            quorum.check_config_writable(ctx, vmid)
+            vmconf.write_conf(ctx.paths.conf(vmid), conf)
+    except QmError as exc:
+        ctx.warn(str(exc))
 
 
 def do_vm_stop(
@@ -111,7 +130,7 @@ def do_vm_stop(
         err = exc
     if err is None:
         if vmstate.wait_stopped(ctx.paths, vmid, 60 if timeout is None else timeout):
-            vmstate.cleanup(ctx.paths, vmid)
+            stop_cleanup(ctx, vmid)
             return
         if not force:
             raise QmError("VM quit/powerdown failed - got timeout")
@@ -130,6 +149,8 @@ def do_vm_stop(
 
 def stop(ctx: Context, p: dict[str, Any]) -> None:
     """`qm stop`: QMP quit, wait --timeout (60), SIGTERM, 10 s, SIGKILL."""
+    if qmbranch.stop(ctx, p):  # HA-managed: only `Requesting HA stop` (QS8 vm_stop)
+        return
     vmid = p["vmid"]
     ctx.assert_config_exists_on_node(vmid)
     if p.get("overrule-shutdown"):
@@ -161,6 +182,8 @@ def _paused_check(ctx: Context, vmid: int, force: bool) -> bool:
 
 def shutdown(ctx: Context, p: dict[str, Any]) -> None:
     """`qm shutdown`: agent guest-shutdown if it answers, else ACPI; waits --timeout (60)."""
+    if qmbranch.shutdown(ctx, p, _paused_check):  # HA-managed: paused check, HA stop request
+        return
     vmid = p["vmid"]
     ctx.assert_config_exists_on_node(vmid)
     force = bool(p.get("forceStop"))

@@ -6,9 +6,9 @@ import time
 from typing import Any
 
 from pvelab.pve import storage, vmconf, vmstate
-from pvelab.pve.qm import formats, power, snapvol
+from pvelab.pve.qm import formats, power, quorum, snapvol
 from pvelab.pve.qm.context import Context, QmError, check_lock
-from pvelab.pve.qm.options import Command
+from pvelab.pve.qm.options import ParamErrors
 from pvelab.pve.qm.snapconf import (
     TooManyUnused,
     add_unused,
@@ -18,7 +18,7 @@ from pvelab.pve.qm.snapconf import (
     reparent,
     rolled_back,
 )
-from pvelab.pve.vmconf import VMConf, agent_enabled
+from pvelab.pve.vmconf import VMConf
 
 
 def _add_unused(section: dict[str, str], volid: str) -> None:
@@ -88,6 +88,7 @@ def _prepare(ctx: Context, vmid: int, name: str, description: str | None) -> dic
             snap["description"] = description
         conf.sections[name] = snap
         conf.main["lock"] = "snapshot"
+        quorum.check_config_writable(ctx, vmid)
         _write(ctx, vmid, conf)
     return snap
 
@@ -111,7 +112,7 @@ def create(ctx: Context, vmid: int, name: str, description: str | None) -> None:
     snap = _prepare(ctx, vmid, name, description)
     main = ctx.load(vmid).main
     running = vmstate.running_pid(ctx.paths, vmid) is not None
-    freezefs = running and agent_enabled(main) and power.qga_check_running(ctx, vmid, False)
+    freezefs = running and snapvol.freeze_needed(ctx, vmid, main)
     done: list[str] = []
     was_running = False
     err = None
@@ -264,12 +265,13 @@ def listsnapshot(ctx: Context, p: dict[str, Any]) -> None:
     ctx.out(formats.snapshot_tree(items))
 
 
-def snapshot_config(ctx: Context, p: dict[str, Any], spec: Command) -> dict[str, str]:
-    """`qm config <vmid> --snapshot <name>`: that section (load_snapshot_config)."""
+def snapshot_config(ctx: Context, p: dict[str, Any]) -> dict[str, str]:
+    """`qm config <vmid> --snapshot <name>`: that section (load_snapshot_config), cipassword
+    masked as API vm_config does."""
     if p.get("current"):
         both = "cannot use 'snapshot' parameter with 'current'"
-        raise QmError(
-            f"400 Parameter verification failed.\ncurrent: {both}\nsnapshot: {both}\n"
-            + spec.usage()
-        )
-    return dict(_snap(ctx.load(p["vmid"]), p["snapshot"]))
+        raise ParamErrors({"current": both, "snapshot": both})
+    conf = dict(_snap(ctx.load(p["vmid"]), p["snapshot"]))
+    if conf.get("cipassword"):
+        conf["cipassword"] = "**********"
+    return conf

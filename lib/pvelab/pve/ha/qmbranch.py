@@ -1,0 +1,79 @@
+"""qm's HA branch (QS8 API2/Qemu.pm vm_start / vm_stop / vm_shutdown): for an HA-managed VM, qm
+only queues a request with `ha-manager` and returns; the HA stack itself (type 'ha') bypasses it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from io import StringIO
+from typing import Any
+
+from pvelab.pve import cluster
+from pvelab.pve.ha import cli, config
+from pvelab.pve.qm.context import Context, QmError
+
+DEFAULT_SHUTDOWN_TIMEOUT = 60  # vm_shutdown: `$param->{timeout} // 60`
+
+
+class HAContext(Context):
+    """A qm call made by the HA stack (`$rpcenv->{type} eq 'ha'`): acts on the VM directly."""
+
+
+def _managed(ctx: Context, vmid: int) -> bool:
+    return not isinstance(ctx, HAContext) and config.vm_is_ha_managed(ctx.paths, vmid)
+
+
+def _queue(ctx: Context, argv: list[str]) -> None:
+    """PVE::Tools::run_command(['ha-manager', ...]) inside the hastart/hastop worker."""
+    out, err = StringIO(), StringIO()
+    rc = cli.run(ctx.paths, argv, cli.Io(out, err))
+    ctx.out(out.getvalue())
+    if err.getvalue():
+        ctx.warn(err.getvalue())  # the worker's stderr is part of the task output
+    if rc != 0:
+        raise QmError(f"command 'ha-manager {' '.join(argv)}' failed: exit code {rc}")
+
+
+def start(ctx: Context, p: dict[str, Any]) -> bool:
+    """`qm start` of an HA VM: `ha-manager set vm:<id> --state started`. True if handled."""
+    vmid = p["vmid"]
+    if not _managed(ctx, vmid):
+        return False
+    ctx.out(f"Requesting HA start for VM {vmid}\n")
+    _queue(ctx, ["set", f"vm:{vmid}", "--state", "started"])
+    return True
+
+
+def stop(ctx: Context, p: dict[str, Any]) -> bool:
+    """`qm stop` of an HA VM: `ha-manager crm-command stop vm:<id> 0`. True if handled."""
+    vmid = p["vmid"]
+    if not _managed(ctx, vmid) or p.get("migratedfrom"):
+        return False
+    if p.get("overrule-shutdown"):
+        raise QmError(
+            "400 Parameter verification failed.\n"
+            "overrule-shutdown: Not applicable for HA resources."
+        )
+    ctx.out(f"Requesting HA stop for VM {vmid}\n")
+    _queue(ctx, ["crm-command", "stop", f"vm:{vmid}", "0"])
+    return True
+
+
+def shutdown(
+    ctx: Context, p: dict[str, Any], paused_check: Callable[[Context, int, bool], bool]
+) -> bool:
+    """`qm shutdown` of an HA VM: vm_is_paused's check (and warnings) first, then
+    `ha-manager crm-command stop vm:<id> <timeout, default 60>`. True if handled."""
+    vmid = p["vmid"]
+    if not _managed(ctx, vmid):
+        return False
+    if cluster.on_node(ctx.paths, vmid, ctx.node):
+        paused_check(ctx, vmid, bool(p.get("forceStop")))
+    else:  # vm_is_paused warns its eval error: the VM may live on another node
+        ctx.stderr.write(
+            f"unable to find configuration file for VM {vmid} on node '{ctx.node}'\n\n"
+        )
+    timeout = p.get("timeout")
+    timeout = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout
+    ctx.out(f"Requesting HA stop for VM {vmid}\n")
+    _queue(ctx, ["crm-command", "stop", f"vm:{vmid}", str(timeout)])
+    return True

@@ -1,0 +1,115 @@
+"""The stand-in `pvecm status|nodes` (`python -m pvelab.pve.pvecm --lab DIR ...`).
+
+PVE 8.4's `pvecm status` (PCL `src/PVE/CLI/pvecm.pm` `status`) prints `Cluster information`
+from corosync.conf's totem section, then execs `corosync-quorumtool -siH`; `pvecm nodes` execs
+`corosync-quorumtool -l`. Their texts and exit codes are corosync 3.1's
+(`tools/corosync-quorumtool.c` v3.1.9: `display_quorum_data`, `display_nodes_data`,
+`show_status`): **0 when quorate, 2 (EXIT_NOT_QUORATE) when not**, since commit db38e395
+(2019, corosync 3.0.2; before it `show_status` returned `is_quorate`, i.e. 1 when quorate).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from pvelab.paths import LabPaths
+from pvelab.pve import cluster
+
+EXIT_NOT_QUORATE = 2
+CONFIG_VERSION = 2  # corosync.conf after `pvecm create` + one `pvecm add`
+RING_SEQ = 0x35  # the ring id's sequence number (hex in the output); bumped by a partition
+COMMANDS = ("add", "addnode", "apiver", "create", "delnode", "expected", "keygen", "mtunnel",
+            "nodes", "qdevice", "status", "updatecerts")  # fmt: skip
+
+
+def _padded(text: str) -> str:
+    """print_string_padded: right-aligned in 10 columns, then a space."""
+    return f"{text:>10} "
+
+
+def membership(paths: LabPaths, local: str, *, hex_ids: bool, by_ip: bool) -> str:
+    """display_nodes_data: `Membership information`, one row per member."""
+    lines = ["", "Membership information", "----------------------",
+             _padded("Nodeid") + _padded("Votes") + "Name"]  # fmt: skip
+    for node in cluster.members(paths, local):
+        nodeid = f"0x{node.nodeid:08x} " if hex_ids else _padded(str(node.nodeid))
+        name = node.address if by_ip else node.name
+        local_mark = " (local)" if node.name == local else ""
+        lines.append(f"{nodeid}{_padded('1')}{name}{local_mark}")
+    return "\n".join(lines) + "\n"
+
+
+def status_text(paths: LabPaths, local: str, now: float | None = None) -> str:
+    """`pvecm status`: the totem lines, then `corosync-quorumtool -siH`."""
+    me = cluster.node(local)
+    assert me is not None
+    quorate = cluster.quorate(paths)
+    members = cluster.members(paths, local)
+    votes = len(members)
+    expected = len(cluster.NODES)
+    quorum = expected // 2 + 1
+    ring = f"{min(n.nodeid for n in members):x}.{RING_SEQ + (0 if quorate else 1):x}"
+    lines = [
+        "Cluster information",
+        "-------------------",
+        f"{'Name:':<17} {cluster.CLUSTER_NAME}",
+        f"{'Config Version:':<17} {CONFIG_VERSION}",
+        f"{'Transport:':<17} knet",
+        f"{'Secure auth:':<17} on",
+        "",
+        "Quorum information",
+        "------------------",
+        f"Date:             {time.ctime(now)}",
+        "Quorum provider:  corosync_votequorum",
+        f"Nodes:            {votes}",
+        f"Node ID:          0x{me.nodeid:08x}",
+        f"Ring ID:          {ring}",
+        f"Quorate:          {'Yes' if quorate else 'No'}",
+        "",
+        "Votequorum information",
+        "----------------------",
+        f"Expected votes:   {expected}",
+        f"Highest expected: {expected}",
+        f"Total votes:      {votes}",
+        f"Quorum:           {quorum} {' ' if quorate else 'Activity blocked'}",
+        f"Flags:            {'Quorate ' if quorate else ''}",
+    ]
+    return "\n".join(lines) + "\n" + membership(paths, local, hex_ids=True, by_ip=True)
+
+
+def run(paths: LabPaths, local: str, argv: list[str], out: TextIO, err: TextIO) -> int:
+    if not argv:
+        err.write("ERROR: no command specified\n")
+        return 255
+    if argv[0] not in COMMANDS:
+        err.write(f"ERROR: unknown command 'pvecm {argv[0]}'\n")
+        return 255
+    if len(argv) > 1:
+        err.write(f"400 too many arguments\npvecm {argv[0]}\n")
+        return 255
+    if argv[0] == "status":
+        out.write(status_text(paths, local))
+        return 0 if cluster.quorate(paths) else EXIT_NOT_QUORATE
+    if argv[0] == "nodes":
+        out.write(membership(paths, local, hex_ids=False, by_ip=False))
+        return 0
+    err.write(f"pvelab: `pvecm {argv[0]}` is not implemented by the lab's pvecm\n")
+    return 255
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: `[--lab DIR] <pvecm args...>`; the node is $PVELAB_NODE (set by the wrapper)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    paths = LabPaths.default()
+    if args[:1] == ["--lab"] and len(args) > 1:
+        paths, args = LabPaths(Path(args[1]).resolve()), args[2:]
+    local = os.environ.get("PVELAB_NODE") or cluster.FIRST_NODE
+    return run(paths, local, args, sys.stdout, sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

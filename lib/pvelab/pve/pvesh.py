@@ -1,0 +1,236 @@
+"""The stand-in `pvesh` (`python -m pvelab.pve.pvesh --lab DIR get <path> [OPTIONS]`).
+
+PVE 8.4's API shell (PM8 `PVE/CLI/pvesh.pm`, PC `CLIHandler.pm`, `CLIFormatter.pm`) for the
+GET paths of `api.py`; anything else fails the way pvesh does. Calls for another node's path
+are answered here rather than proxied over SSH: every lab node reads the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from pvelab.paths import LabPaths
+from pvelab.pve import api, cluster
+from pvelab.pve.qm.formats import perl_json, perl_number
+
+USAGE = "pvesh get <api_path> [OPTIONS] [FORMAT_OPTIONS]"
+COMMANDS = ("create", "delete", "get", "help", "ls", "set", "usage")
+FORMATS = ("text", "json", "json-pretty", "yaml")
+# PC RESTHandler.pm $standard_output_options, plus pvesh's own `noproxy`.
+STANDARD = {"output-format": "string", "noheader": "boolean", "noborder": "boolean",
+            "quiet": "boolean", "human-readable": "boolean", "noproxy": "boolean"}  # fmt: skip
+
+
+class PveshError(Exception):
+    def __init__(self, message: str, rc: int = 255) -> None:
+        super().__init__(message)
+        self.rc = rc
+
+
+@dataclass(frozen=True)
+class Route:
+    pattern: str  # path parts; `{name}` binds a URI parameter
+    options: dict[str, str]  # name -> boolean|integer|string
+    handler: Callable[[LabPaths, str, dict[str, Any]], Any]
+    enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        want = self.pattern.split("/")
+        if len(want) != len(parts):
+            return None
+        bound = {}
+        for w, p in zip(want, parts, strict=True):
+            if w.startswith("{"):
+                bound[w[1:-1]] = p
+            elif w != p:
+                return None
+        return bound
+
+
+def _resources(paths: LabPaths, local: str, p: dict[str, Any]) -> Any:
+    return api.cluster_resources(paths, local, p.get("type"))
+
+
+def _storage(paths: LabPaths, local: str, p: dict[str, Any]) -> Any:
+    return api.storage_index(paths, p.get("content"), p.get("storage"))
+
+
+def _content(paths: LabPaths, local: str, p: dict[str, Any]) -> Any:
+    vmid = int(p["vmid"]) if "vmid" in p else None
+    return api.storage_content(paths, p["storage"], p.get("content"), vmid)
+
+
+def _status_current(paths: LabPaths, local: str, p: dict[str, Any]) -> Any:
+    return api.vm_status_current(paths, p["node"], int(p["vmid"]))
+
+
+ROUTES = (
+    Route("cluster/resources", {"type": "string"}, _resources,
+          {"type": ("vm", "storage", "node", "sdn")}),
+    Route("nodes/{node}/storage",
+          {"storage": "string", "content": "string", "enabled": "boolean", "target": "string",
+           "format": "boolean"}, _storage),
+    Route("nodes/{node}/storage/{storage}/content", {"content": "string", "vmid": "integer"},
+          _content),
+    Route("nodes/{node}/qemu/{vmid}/status/current", {}, _status_current),
+)  # fmt: skip
+
+
+def find(path: str) -> tuple[Route, dict[str, str]] | None:
+    parts = [p for p in path.split("/") if p]
+    for route in ROUTES:
+        bound = route.match(parts)
+        if bound is not None:
+            return route, bound
+    return None
+
+
+def _param_error(name: str, message: str) -> PveshError:
+    return PveshError(f"400 Parameter verification failed.\n{name}: {message}\n{USAGE}\n")
+
+
+def parse_options(route: Route, argv: list[str]) -> dict[str, Any]:
+    """Getopt::Long the PVE way (`--name value`, `--name=value`, optional boolean values);
+    unknown options are reported all together, then `unable to parse option` (JSONSchema.pm)."""
+    kinds = {**route.options, **STANDARD}
+    enums = {**route.enums, "output-format": FORMATS}
+    opts: dict[str, str] = {}
+    unknown, extra = "", []
+    i = 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        if not arg.startswith("-"):
+            extra.append(arg)
+            continue
+        name, eq, value = arg.lstrip("-").partition("=")
+        kind = kinds.get(name)
+        if kind is None:
+            unknown += f"Unknown option: {name}\n"
+            continue
+        if not eq:
+            if kind == "boolean":
+                value = "1"
+                if i < len(argv) and not argv[i].startswith("-"):
+                    value, i = argv[i], i + 1
+            elif i < len(argv):
+                value, i = argv[i], i + 1
+            else:
+                unknown += f"Option {name} requires an argument\n"
+                continue
+        opts[name] = value
+    if unknown:
+        raise PveshError(f"{unknown}400 unable to parse option\n{USAGE}\n")
+    if extra:
+        raise PveshError(f"400 too many arguments\n{USAGE}\n")
+    for name, value in opts.items():
+        if kinds[name] == "integer" and not re.fullmatch(r"[+-]?\d+", value):
+            raise _param_error(name, f"type check ('integer') failed - got '{value}'")
+        if name in enums and value not in enums[name]:
+            values = ", ".join(enums[name])
+            raise _param_error(
+                name, f"value '{value}' does not have a value in the enumeration '{values}'"
+            )
+    return opts
+
+
+def perl_compact_json(value: Any) -> str:
+    """`to_json($data, {utf8 => 1, allow_nonref => 1, canonical => 1})`: sorted keys, no
+    spaces, numbers as Perl prints them."""
+    if isinstance(value, dict):
+        items = (f"{json.dumps(str(k), ensure_ascii=False)}:{perl_compact_json(value[k])}"
+                 for k in sorted(value, key=str))  # fmt: skip
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(perl_compact_json(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return perl_number(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def render(data: Any, fmt: str) -> str:
+    """CLIFormatter print_api_result for the machine formats."""
+    if fmt == "json":
+        return perl_compact_json(data) + "\n"
+    if fmt == "json-pretty":
+        return perl_json(data) + "\n"
+    if fmt == "yaml":
+        return yaml.safe_dump(data, explicit_start=True, sort_keys=True, default_flow_style=False)
+    raise PveshError(
+        f"pvelab: output format '{fmt}' is not implemented by the lab's pvesh;"
+        " use --output-format json or json-pretty"
+    )
+
+
+def _check_node(node: str, local: str) -> str:
+    """check_proxyto: `localhost` and the local node are served here, cluster nodes by proxy,
+    others fail resolving (PCL `Cluster.pm` remote_node_ip, PC `Network.pm`/`Tools.pm`)."""
+    if node in ("localhost", local):
+        return local
+    if cluster.node(node) is None:
+        raise PveshError(
+            f"hostname lookup '{node}' failed - failed to get address info for: {node}:"
+            " Name or service not known"
+        )
+    return node
+
+
+def run(paths: LabPaths, local: str, argv: list[str], out: TextIO, err: TextIO) -> int:
+    """One pvesh command line; returns the exit code."""
+    if not argv:
+        err.write(f"ERROR: no command specified\nUSAGE: {USAGE}\n")
+        return 255
+    command = argv[0]
+    if command not in COMMANDS:
+        err.write(f"ERROR: unknown command 'pvesh {command}'\nUSAGE: {USAGE}\n")
+        return 255
+    if len(argv) < 2:
+        err.write(f"400 not enough arguments\n{USAGE}\n")
+        return 255
+    path = argv[1]
+    found = find(path) if command == "get" else None
+    if found is None:
+        err.write(f"No '{command}' handler defined for '{path}'\n")  # pvesh.pm extract_path_info
+        return 1
+    route, bound = found
+    try:
+        params = parse_options(route, argv[2:])
+        if "node" in bound:
+            bound["node"] = _check_node(bound["node"], local)
+        if "vmid" in bound and not re.fullmatch(r"\d+", bound["vmid"]):
+            raise _param_error("vmid", f"type check ('integer') failed - got '{bound['vmid']}'")
+        data = route.handler(paths, local, {**params, **bound})
+        if params.get("quiet") in ("1", "true", "yes", "on"):
+            return 0
+        out.write(render(data, params.get("output-format", "text")))
+    except (PveshError, api.ApiError) as exc:
+        message = str(exc)
+        err.write(message if message.endswith("\n") else message + "\n")
+        return exc.rc
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: `[--lab DIR] <pvesh args...>`; the node is $PVELAB_NODE (set by the wrapper)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    paths = LabPaths.default()
+    if args[:1] == ["--lab"] and len(args) > 1:
+        paths, args = LabPaths(Path(args[1]).resolve()), args[2:]
+    local = os.environ.get("PVELAB_NODE") or cluster.FIRST_NODE
+    return run(paths, local, args, sys.stdout, sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
