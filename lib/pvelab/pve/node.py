@@ -18,7 +18,13 @@ from pvelab.sshcmd import LabError, ensure_keypair, local_run
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")  # Debian's sshd refuses to start without it
 # Settings of the `up` process that qm, started by sshd with a clean environment, must share.
-PASSED_ENV = ("PVELAB_CACHE", "PVELAB_ACCEL", "XDG_CACHE_HOME", "PVELAB_MIGRATE_SECONDS")
+PASSED_ENV = (
+    "PVELAB_CACHE",
+    "PVELAB_ACCEL",
+    "XDG_CACHE_HOME",
+    "PVELAB_MIGRATE_SECONDS",
+    "PVELAB_PVE_VERSION",
+)
 # The stand-in commands in every node's bin dir, and the module each one runs.
 COMMANDS = {"qm": "pvelab.pve.qm", "pvesh": "pvelab.pve.pvesh", "pvecm": "pvelab.pve.pvecm",
             "ha-manager": "pvelab.pve.ha"}  # fmt: skip
