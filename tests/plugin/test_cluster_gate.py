@@ -233,6 +233,62 @@ def test_pending_changes_fail_verify_without_touching_anything(pytester, fleet):
     assert [c for _, c in fleet.commands if re.match(MUTATING, c)] == []
 
 
+CI_NOW = "5d41402abc4b2a76b9719d911017c592aaaaaaaa"
+
+
+def test_a_cloud_init_vm_whose_instance_id_stays_is_patched(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.cloudinit, pbs.ci_instance_id = True, pbs.ci_next_instance_id
+    fleet.vms["pihole"].cloudinit = True  # a drive, but no cloud-init in the guest
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    # asked by the preflight, by the gate before the first change, and right before the shutdown
+    assert (
+        sorted(sent_meta(fleet))
+        == ["qm cloudinit dump 101 meta"] * 3 + ["qm cloudinit dump 102 meta"] * 3
+    )
+
+
+def sent_meta(fleet):
+    return [c for _, c in fleet.commands if c.startswith("qm cloudinit dump")]
+
+
+def test_a_new_cloud_init_instance_id_is_reported_before_any_change(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.cloudinit, pbs.ci_instance_id = True, CI_NOW
+    result = run(pytester, fleet, "-m", "patch", "--apply-pending")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        ["*pbs (VM 101 on pve): FAILED (preflight: test_cloud_init_instance_id_stays: its restart "
+         f"would give it a new cloud-init instance-id: its cloud-init config changed since the "
+         f"guest was set up (instance-id {CI_NOW} now, {pbs.ci_next_instance_id} after a "
+         "restart). cloud-init would then make new SSH host keys*"]
+    )  # fmt: skip
+    assert_untouched_others_patched(fleet, "pbs")
+
+
+def test_a_pending_cloud_init_change_is_refused_even_with_apply_pending(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.cloudinit, pbs.ci_instance_id = True, pbs.ci_next_instance_id
+    pbs.pending = {"ciuser": "admin"}
+    result = run(pytester, fleet, "-m", "patch", "--apply-pending")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*pbs*pending changes to its cloud-init config (ciuser)*"])
+    assert_untouched_others_patched(fleet, "pbs")
+
+
+def test_a_cloud_init_change_during_the_update_stops_the_restart(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.cloudinit, pbs.ci_instance_id = True, pbs.ci_next_instance_id
+    pbs.during_update = {"ci_next_instance_id": CI_NOW}
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 1
+    assert not [c for _, c in fleet.commands if re.match(r"qm (shutdown|stop) 101", c)]
+    result.stdout.fnmatch_lines(
+        ["*pbs (VM 101 on pve): FAILED (restart:*new cloud-init instance-id*"]
+    )
+
+
 def test_max_backup_age_refuses_stale_and_missing_backups(pytester, fleet):
     now = time.time()
     fleet.vms["pbs"].backups = [now - 3 * 86400, now - 5 * 86400]
