@@ -50,6 +50,12 @@ def test_no_pending_config_changes(cluster):
     assert "pending" not in cluster.problems, cluster.problems.get("pending")
 
 
+def test_cloud_init_instance_id_stays(cluster):
+    """A VM with a cloud-init drive gets the instance-id its guest has at its next start (a new
+    one would make cloud-init replace the SSH host keys)."""
+    assert "cloudinit" not in cluster.problems, cluster.problems.get("cloudinit")
+
+
 def test_newest_backup_is_recent(cluster, options):
     if options.max_backup_age is None:
         pytest.skip("no --max-backup-age given")

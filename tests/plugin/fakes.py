@@ -65,6 +65,10 @@ class FakeVM:
     hastate: str | None = None  # its HA state in /cluster/resources; None: not an HA resource
     backups: list[float] = field(default_factory=list)  # epoch times of its backups
     extra_config: dict[str, str] = field(default_factory=dict)  # more `qm config` keys
+    # a cloud-init drive: the instance-id in the guest, and the one `qm cloudinit dump` gives
+    cloudinit: bool = False
+    ci_instance_id: str | None = None
+    ci_next_instance_id: str = "8b0f3c2a9e1d4b7f6a5c3e2d1f0a9b8c7d6e5f4a"
     # HA (hastate set, not `ignored`): requests queued by qm, carried out `ha_delay` s later
     ha_delay: float = 0.6
     ha_queue: list[tuple[float, str]] = field(default_factory=list)
@@ -140,6 +144,8 @@ class FakeFleet:
             return _ok(vm.boot_id + "\n")
         if command == "hostname":
             return _ok(vm.name + "\n")
+        if command.startswith("cat /var/lib/cloud/data/instance-id"):
+            return _ok(f"{vm.ci_instance_id}\n" if vm.ci_instance_id else "")
         if command.startswith("cat /sys/class/net/"):
             return _ok(f"{vm.guest_mac or vm.mac}\n00:00:00:00:00:00\n")
         if command.startswith("df -Pm"):
@@ -197,8 +203,12 @@ class FakeFleet:
             vm.reboot_required = vm.reboot_required or bool(vm.updates)
             vm.packages.update(vm.updates)
             vm.updates = {}
-            vm.pending.update(vm.during_update.pop("pending", {}))  # type: ignore[call-overload]
-            vm.node = str(vm.during_update.pop("node", vm.node))
+            for key, value in vm.during_update.items():
+                if key == "pending":
+                    vm.pending.update(value)  # type: ignore[call-overload]
+                else:
+                    setattr(vm, key, value)
+            vm.during_update = {}
         elif "install" in words and "qemu-guest-agent" in words:
             vm.agent_installed = True
         return _ok("Reading package lists...\n")
@@ -288,6 +298,8 @@ class FakeFleet:
             lines.append("agent: 1")
         if vm.lock:
             lines.append(f"lock: {vm.lock}")
+        if vm.cloudinit:
+            lines.append(f"ide2: local:vm-{vm.vmid}-cloudinit,media=cdrom")
         extra = dict(vm.extra_config)
         if not current:
             extra.update((k, v) for k, v in vm.pending.items() if k != "agent")
@@ -311,8 +323,8 @@ class FakeFleet:
         if words[:1] != ["qm"] or len(words) < 3:
             return _ok("", 255, f"fake pve: unknown command: {command}")
         verb, vmid = words[1], words[2]
-        if verb == "guest":
-            verb, vmid = "guest", words[3]
+        if verb in {"guest", "cloudinit"}:
+            vmid = words[3]
         vm = self.by_vmid.get(int(vmid))
         if vm is None or vm.node != "pve":
             return _ok(
@@ -338,6 +350,10 @@ class FakeFleet:
             return _ok(f"status: {'running' if vm.running else 'stopped'}\n")
         if verb == "config":
             return _ok("\n".join(self.config_lines(vm, "--current" in words)) + "\n")
+        if verb == "cloudinit" and words[2:] == ["dump", vmid, "meta"]:
+            if not vm.cloudinit:
+                return _ok("", 255, f"VM {vmid} has no cloud-init drive\n")  # (fake's text)
+            return _ok(f"instance-id: {vm.ci_next_instance_id}\n")
         if verb == "pending":
             current = dict(line.split(": ", 1) for line in self.config_lines(vm, current=True))
             out = []

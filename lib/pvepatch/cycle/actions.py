@@ -178,9 +178,13 @@ class VMCycle(Asking):
         """Right before the shutdown: the pending changes it will apply, in words; raise
         SafetyRefusal when some were not made by pvepatch and --apply-pending was not given."""
         facts = self.record.cluster or ClusterFacts()
-        cluster.pending(self, facts, self.qm().pending())
-        if "pending" in facts.problems:
-            raise SafetyRefusal(self.target.vmid, facts.problems["pending"])
+        changes = self.qm().pending()
+        cluster.pending(self, facts, changes)
+        if facts.cloudinit:  # asked again only for a VM with a cloud-init drive
+            cluster.cloudinit(self, facts, changes)
+        for kind in ("pending", "cloudinit"):
+            if kind in facts.problems:
+                raise SafetyRefusal(self.target.vmid, facts.problems[kind])
         return facts.pending
 
     # --- stage 1: the binding as the preflight sees it (read-only) ---------------------------

@@ -15,8 +15,9 @@ from pvepatch.cycle.options import Options
 from pvepatch.cycle.record import ClusterFacts, VMRecord
 from pvepatch.cycle.snapshot import human_age
 from pvepatch.errors import PvepatchError, SafetyRefusal, one_line
+from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
-from pvepatch.proxmox.cluster import HA_HANDS_OFF, PendingChange
+from pvepatch.proxmox.cluster import CLOUDINIT_KEYS, HA_HANDS_OFF, PendingChange, cloudinit_drive
 from pvepatch.proxmox.preconditions import misplaced
 from pvepatch.proxmox.qm import Qm
 
@@ -30,6 +31,8 @@ class Cycle(Protocol):
     record: VMRecord
 
     def qm(self) -> Qm: ...
+
+    def guest(self) -> Guest: ...
 
 
 def observe(cycle: Cycle) -> ClusterFacts:
@@ -53,9 +56,13 @@ def observe(cycle: Cycle) -> ClusterFacts:
     _quorum(qm, facts, host)
     _ha(facts, target.vmid)
     try:
-        pending(cycle, facts, qm.pending())
+        changes = qm.pending()
     except PvepatchError as exc:
         facts.problems["pending"] = f"qm pending failed: {one_line(exc)}"
+        changes = []
+    else:
+        pending(cycle, facts, changes)
+    cloudinit(cycle, facts, changes)
     if cycle.options.max_backup_age is not None:
         _backups(qm, facts, node, cycle.options.max_backup_age)
     return facts
@@ -89,6 +96,44 @@ def pending(cycle: Cycle, facts: ClusterFacts, changes: list[PendingChange]) -> 
             f"({'; '.join(facts.foreign_pending)}): a restart would apply them. Run with "
             f"--apply-pending to apply them, or revert them (qm set {cycle.target.vmid} "
             f"--revert {','.join(c.key for c in changes)})"
+        )
+
+
+def cloudinit(cycle: Cycle, facts: ClusterFacts, changes: list[PendingChange]) -> None:
+    """A VM with a cloud-init drive: the instance-id its next start gives the guest (PVE
+    regenerates the drive at every start) is the one the guest has, and no pending change
+    touches the cloud-init config. Else cloud-init would make new SSH host keys at that boot:
+    a problem reported before the restart rather than found as a host-key failure after it."""
+    qm = cycle.qm()
+    facts.problems.pop("cloudinit", None)
+    try:
+        facts.cloudinit = cloudinit_drive(qm.config())
+        if facts.cloudinit is None:
+            return
+        facts.next_instance_id = qm.cloudinit_instance_id()
+        facts.instance_id = cycle.guest().cloud_instance_id()
+    except PvepatchError as exc:
+        facts.problems["cloudinit"] = (
+            f"cannot tell whether its restart changes its cloud-init instance-id: {one_line(exc)}"
+        )
+        return
+    if facts.instance_id is None:
+        return  # the guest has no cloud-init record: a new drive changes nothing in it
+    why = []
+    if facts.next_instance_id != facts.instance_id:
+        why.append(
+            f"its cloud-init config changed since the guest was set up (instance-id "
+            f"{facts.instance_id} now, {facts.next_instance_id} after a restart)"
+        )
+    keys = [c.key for c in changes if CLOUDINIT_KEYS.fullmatch(c.key)]
+    if keys:
+        why.append(f"pending changes to its cloud-init config ({', '.join(keys)})")
+    if why:
+        facts.problems["cloudinit"] = (
+            f"its restart would give it a new cloud-init instance-id: {'; '.join(why)}. "
+            "cloud-init would then make new SSH host keys (and may upgrade packages), and its "
+            "known host key would no longer match. Revert the cloud-init change, or restart it "
+            "yourself and update known_hosts"
         )
 
 

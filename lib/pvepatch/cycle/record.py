@@ -194,7 +194,10 @@ class ClusterFacts:
     backup_checked: bool = False  # --max-backup-age asked for the backups
     newest_backup: float | None = None  # epoch seconds of the newest backup; None: none
     backup_volid: str | None = None
-    # why it may not be patched, by kind: node, quorum, ha, pending, backup
+    cloudinit: str | None = None  # the config key of its cloud-init drive
+    instance_id: str | None = None  # cloud-init's instance-id in the guest now
+    next_instance_id: str | None = None  # the one its next start gives (qm cloudinit dump)
+    # why it may not be patched, by kind: node, quorum, ha, pending, cloudinit, backup
     problems: dict[str, str] = field(default_factory=dict)
 
 

@@ -30,6 +30,8 @@ QUESTIONS = {
     "virtio_port": quote("test -c %s", AGENT_PORT),
     "package_managers": "pgrep -a -x 'apt|apt-get|aptitude|dpkg|unattended-upgr|unattended-upgrade'",
     "answers": "true",
+    # cloud-init's record of the instance it set up (absent: the guest does not run cloud-init)
+    "cloud_instance_id": "cat /var/lib/cloud/data/instance-id 2>/dev/null; true",
     "packages": quote("dpkg-query -W -f %s", "${Package}\t${Version}\t${db:Status-Abbrev}\n"),
     "planned": "apt-get -s -o Debug::NoLocking=1 dist-upgrade",  # a simulation: read-only
     "reboot_required": (
@@ -104,6 +106,10 @@ class Guest:
 
     def boot_id(self) -> str:
         return self._out(QUESTIONS["boot_id"])
+
+    def cloud_instance_id(self) -> str | None:
+        """The cloud-init instance-id the guest was last set up as; None without cloud-init."""
+        return self._out(QUESTIONS["cloud_instance_id"]) or None
 
     def host_key(self) -> str | None:
         """The host key this run's SSH connection verified (None if it verified none)."""

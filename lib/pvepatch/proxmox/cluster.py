@@ -185,3 +185,36 @@ def parse_backups(text: str, vmid: int) -> list[Backup]:
             raise ValueError(f"a backup without a volid and an integer ctime: {entry!r:.200}")
         backups.append(Backup(volid, ctime))
     return backups
+
+
+# The config keys PVE builds the cloud-init user-data and network-config from: a change to one
+# gives a new instance-id at the next start (reference §3.3).
+CLOUDINIT_KEYS = re.compile(
+    r"ciuser|cipassword|sshkeys|name|searchdomain|nameserver|ciupgrade|citype|cicustom"
+    r"|ipconfig\d+|net\d+"
+)
+_DRIVE = re.compile(r"(ide|sata|scsi|virtio)\d+")
+
+
+def cloudinit_drive(config: dict[str, str]) -> str | None:
+    """The key of the VM's cloud-init drive (`ide2: local:vm-101-cloudinit,media=cdrom`)."""
+    for key, value in sorted(config.items()):
+        volume = value.split(",", 1)[0]
+        if _DRIVE.fullmatch(key) and re.search(r"(^|[:/])vm-\d+-cloudinit(\.\w+)?$", volume):
+            return key
+    return None
+
+
+def parse_cloudinit_meta(text: str) -> str:
+    """`qm cloudinit dump <vmid> meta`: the instance-id the next start gives the guest (NoCloud
+    `instance-id: <sha1>`, or ConfigDrive2's JSON `uuid`)."""
+    match = re.search(r"^instance-id:\s*(\S+)\s*$", text, re.MULTILINE)
+    if match:
+        return match.group(1)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("uuid"), str):
+        return str(data["uuid"])
+    raise ValueError(f"no instance-id in qm cloudinit dump meta: {text.strip()[:200]!r}")

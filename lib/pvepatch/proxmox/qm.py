@@ -32,6 +32,7 @@ QUESTIONS = {
     "agent_host_name": "qm guest cmd %s get-host-name",
     "snapshots": "qm listsnapshot %s",
     "pending": "qm pending %s",
+    "cloudinit_meta": "qm cloudinit dump %s meta",
     # the cluster's answers (any node answers for the whole cluster): not per VM
     "resources": cluster.RESOURCES,
     "quorum": cluster.QUORUM,
@@ -102,6 +103,11 @@ class Qm:
     def pending(self) -> list[PendingChange]:
         """`qm pending`: the changes the next stop (or start) applies; [] when none."""
         return self._parsed(self._run(QUESTIONS["pending"], self.vmid), cluster.parse_pending)  # type: ignore[no-any-return]
+
+    def cloudinit_instance_id(self) -> str:
+        """The cloud-init instance-id the VM's next start gives its guest."""
+        result = self._run(QUESTIONS["cloudinit_meta"], self.vmid)
+        return self._parsed(result, cluster.parse_cloudinit_meta)  # type: ignore[no-any-return]
 
     def resource(self) -> VMResource | None:
         """This VM in the cluster's resources (where it lives, its HA state); None when the
