@@ -74,6 +74,11 @@ class FakeVM:
     ha_queue: list[tuple[float, str]] = field(default_factory=list)
     ha_requested: str = "started"
     ha_stop_fails: bool = False  # the LRM cannot stop it: HA state error, VM left running
+    ha_state_at_start: list[tuple[str | None, bool]] = field(
+        default_factory=list
+    )  # (hastate, running) when `qm start` came
+    # an admin's config edit that lands while PVE stops the VM (after pvepatch's last check)
+    pending_at_stop: dict[str, str] = field(default_factory=dict)
     # what an admin does to it while its dist-upgrade runs (a config edit, a migration)
     during_update: dict[str, object] = field(default_factory=dict)
 
@@ -300,15 +305,17 @@ class FakeFleet:
             lines.append(f"lock: {vm.lock}")
         if vm.cloudinit:
             lines.append(f"ide2: local:vm-{vm.vmid}-cloudinit,media=cdrom")
-        extra = dict(vm.extra_config)
+        config = dict(line.split(": ", 1) for line in lines)
+        config.update(vm.extra_config)
         if not current:
-            extra.update((k, v) for k, v in vm.pending.items() if k != "agent")
-        lines += [f"{k}: {v}" for k, v in extra.items()]
-        return sorted(lines)
+            config.update((k, v) for k, v in vm.pending.items() if k != "agent")
+        return sorted(f"{k}: {v}" for k, v in config.items())
 
     @staticmethod
     def apply_pending(vm: FakeVM) -> None:
         """What PVE does when it stops a VM: the pending changes become the config."""
+        vm.pending.update(vm.pending_at_stop)
+        vm.pending_at_stop = {}
         for key, value in vm.pending.items():
             if key == "agent":
                 vm.agent_in_config = True
@@ -411,14 +418,16 @@ class FakeFleet:
 
     # --- HA: qm only queues; the CRM/LRM act later (reference §1.1, §1.4, §1.6) --------------
     def ha_request(self, vm: FakeVM, verb: str) -> tuple[int, str, str]:
+        what = "start" if verb == "start" else "stop"
         if vm.hastate == "error":
             return _ok(
-                f"Requesting HA {'start' if verb == 'start' else 'stop'} for VM {vm.vmid}\n"
-                f"service 'vm:{vm.vmid}' in error state, must be disabled and fixed first\n",
+                f"Requesting HA {what} for VM {vm.vmid}\n",
                 255,
+                f"service 'vm:{vm.vmid}' in error state, must be disabled and fixed first\n",
             )
         due = time.monotonic() + vm.ha_delay
         if verb == "start":
+            vm.ha_state_at_start.append((vm.hastate, vm.running))
             vm.ha_requested = "started"  # already the requested state while a stop is queued
             vm.ha_queue.append((due, "start"))
             return _ok(f"Requesting HA start for VM {vm.vmid}\n")
@@ -426,23 +435,32 @@ class FakeFleet:
         return _ok(f"Requesting HA stop for VM {vm.vmid}\n")
 
     def ha_rounds(self) -> None:
-        """The queued requests whose time has come, in order: a stop rewrites the requested
-        state to stopped, so a start queued behind it is lost."""
+        """The queued requests whose time has come, in order, each in PVE's steps (reference
+        §1.4): the CRM takes a stop (`request_stop`, the requested state rewritten to stopped,
+        so a start queued behind it is lost), the LRM stops the VM, and only a round later
+        does the CRM report `stopped`; a start: the VM runs, then HA reports `started`."""
         now = time.monotonic()
         for vm in self.vms.values():
             while vm.ha_queue and vm.ha_queue[0][0] <= now:
                 _, action = vm.ha_queue.pop(0)
+                later = now + vm.ha_delay
                 if action == "stop":
-                    vm.ha_requested = "stopped"
+                    vm.ha_requested, vm.hastate = "stopped", "request_stop"
+                    vm.ha_queue.insert(0, (later, "lrm stop"))
+                elif action == "lrm stop":
                     if vm.ha_stop_fails:
                         vm.hastate = "error"
                         continue
-                    vm.running = False
+                    vm.running = False  # qm status says stopped a round before HA does
                     self.apply_pending(vm)
-                    vm.hastate = "stopped"
                     self.max_down = max(self.max_down, self.down_count())
-                elif vm.ha_requested == "started" and not vm.running:
+                    vm.ha_queue.insert(0, (later, "crm stopped"))
+                elif action == "crm stopped":
+                    vm.hastate = "stopped"
+                elif action == "start" and vm.ha_requested == "started" and not vm.running:
                     vm.boot()
+                    vm.ha_queue.insert(0, (later, "crm started"))
+                elif action == "crm started":
                     vm.hastate = "started"
 
     def _snapshots(self, vm: FakeVM, verb: str, words: list[str]) -> tuple[int, str, str]:

@@ -127,6 +127,8 @@ def test_an_ha_vm_is_restarted_through_ha_and_waited_for(pytester, fleet):
     seen = verbs(fleet, 101)
     between = seen[seen.index("shutdown") + 1 : seen.index("start")]
     assert between.count("status") >= 2  # it waited for HA and qm status to agree
+    # the fake's qm status says stopped a round before HA does: the start waited for both
+    assert pbs.ha_state_at_start == [("stopped", False)]
     result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): ok*"])
 
 
@@ -149,6 +151,36 @@ def test_ha_error_during_the_stop_ends_the_wait_and_starts_nothing(pytester, fle
          "stopped): it needs an admin*"]
     )  # fmt: skip
     assert pbs.running  # left as HA left it, and said so
+
+
+def test_an_ha_stop_not_seen_done_is_reported_loudly(pytester, fleet, monkeypatch):
+    """pvepatch stops waiting (shutdown timeout + HA's slack); HA still has the request and
+    powers the VM off later: the run says so, with what to check."""
+    monkeypatch.setattr("pvepatch.cycle.harestart.HA_SLACK", 1.0)
+    pbs = fleet.vms["pbs"]
+    pbs.hastate, pbs.ha_delay = "started", 2.5
+    result = run(pytester, fleet, "-m", "patch", "--shutdown-timeout", "1")
+    assert result.ret == 1
+    assert "start" not in verbs(fleet, 101)
+    result.stdout.fnmatch_lines(
+        ["!!! VM pbs IS NOT RUNNING: NOT KNOWN TO BE RUNNING: HA was asked to stop it and had "
+         "not reported it stopped when pvepatch stopped waiting (*); HA may still power it off "
+         "and keep it off: check ha-manager status; to keep it running: ha-manager set vm:101 "
+         "--state started"]
+    )  # fmt: skip
+    time.sleep(3 * pbs.ha_delay)
+    fleet.ha_rounds()
+    assert not pbs.running and pbs.ha_requested == "stopped"  # what the warning warned of
+
+
+def test_a_locked_ha_vm_is_refused_even_with_skiplock(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.hastate, pbs.lock = "started", "backup"
+    result = run(pytester, fleet, "-m", "patch", "--skiplock")
+    assert result.ret == 1
+    assert not [v for v in verbs(fleet, 101) if v in {"shutdown", "stop", "start"}]
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED (restart:*HA would not act on it*"])
+    assert pbs.running and "IS NOT RUNNING" not in result.stdout.str()
 
 
 def test_an_ha_vm_requested_stopped_is_not_patched(pytester, fleet):
@@ -205,7 +237,25 @@ def test_apply_pending_restarts_and_records_what_the_restart_applied(pytester, f
     assert result.ret == 0, result.stdout.str()[-3000:]
     assert pbs.pending == {} and pbs.extra_config == {"cores": "4"} and pbs.agent_in_config
     result.stdout.fnmatch_lines(
-        ["*note: its restart applied pending config changes: agent: add enabled=1; cores: add 4"]
+        ["*note: its restart applied pending config changes: agent: add 1; cores: add 4"]
+    )
+
+
+def test_nothing_is_called_applied_when_the_vm_never_stopped(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.pending, pbs.ignores_shutdown = {"cores": "4"}, True
+    result = run(pytester, fleet, "-m", "patch", "--apply-pending")
+    assert result.ret == 1
+    assert "its restart applied" not in result.stdout.str()
+    assert pbs.pending == {"cores": "4"}
+
+
+def test_a_change_landing_at_the_stop_is_listed_as_applied(pytester, fleet):
+    """Made after the last check, applied by PVE's stop: the config after the stop shows it."""
+    fleet.vms["pbs"].pending_at_stop = {"memory": "2048"}
+    result = run(pytester, fleet, "-m", "patch")
+    result.stdout.fnmatch_lines(
+        ["*note: its restart applied pending config changes: memory: 384 -> 2048"]
     )
 
 

@@ -105,3 +105,35 @@ def test_a_change_inside_the_guest_accepts_a_silent_agent_and_says_so():
     assert proof.binding == "MAC bc:24:11:00:00:01 only (the agent is enabled but does not answer)"
     with pytest.raises(SafetyRefusal, match="reports host name 'x'"):
         prove_running(FakeQm(agent_name="x"), "pve", FakeGuest(), agent_required=False)
+
+
+def test_no_quorum_refuses_every_action():
+    proof = prove_running(FakeQm(quorate=False), "pve", FakeGuest())
+    for action in ("qm shutdown", "qm set", "patch", "qm snapshot"):
+        with pytest.raises(SafetyRefusal, match="has no quorum"):
+            proof.admit(101, action)
+
+
+def test_a_vm_on_another_node_cannot_be_proven():
+    with pytest.raises(SafetyRefusal, match="VM 101 is on node 'pve2', not on 'pve'"):
+        prove_running(FakeQm(node="pve2"), "pve", FakeGuest())
+
+
+def test_ha_managed_vms_take_ha_requests_only():
+    proof = prove_running(FakeQm(hastate="started"), "pve", FakeGuest())
+    for action in ("qm shutdown", "qm stop", "qm rollback"):
+        with pytest.raises(SafetyRefusal, match="would only queue a request"):
+            proof.admit(101, action)
+    proof.admit(101, "ha stop")
+    proof.admit(101, "qm snapshot")  # not a power action: qm does it itself
+    plain = prove_running(FakeQm(hastate="ignored"), "pve", FakeGuest())
+    plain.admit(101, "qm shutdown")
+    with pytest.raises(SafetyRefusal, match="not HA-managed"):
+        plain.admit(101, "ha stop")
+
+
+@pytest.mark.parametrize("state", ["error", "fence", "recovery", "freeze", "migrate", "relocate"])
+def test_ha_hands_off_states_refuse_everything(state):
+    proof = prove_running(FakeQm(hastate=state), "pve", FakeGuest())
+    with pytest.raises(SafetyRefusal, match=f"HA has VM 101 in state '{state}'"):
+        proof.admit(101, "patch")

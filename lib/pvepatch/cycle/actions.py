@@ -287,7 +287,7 @@ class VMCycle(Asking):
             return RestartOutcome(self.options.restart_method, refused=exc.reason)
         facts = self.record.cluster
         outcome = (HARestart if facts and facts.ha_managed else Restart)(self).run()
-        if outcome.pending_applied and outcome.stopped:
+        if outcome.pending_applied:  # seen in the config after the stop
             changes = "; ".join(outcome.pending_applied)
             self.record.notes.append(f"its restart applied pending config changes: {changes}")
         if outcome.skipped and "STILL NEEDS A REBOOT" in outcome.skipped:

@@ -18,6 +18,7 @@ from pvepatch.errors import PvepatchError, SafetyRefusal, one_line
 from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
 from pvepatch.proxmox.cluster import CLOUDINIT_KEYS, HA_HANDS_OFF, PendingChange, cloudinit_drive
+from pvepatch.proxmox.parse import agent_enabled
 from pvepatch.proxmox.preconditions import misplaced
 from pvepatch.proxmox.qm import Qm
 
@@ -86,16 +87,21 @@ def gate(cycle: Cycle) -> ClusterFacts:
 def pending(cycle: Cycle, facts: ClusterFacts, changes: list[PendingChange]) -> None:
     """Record the pending config changes; those pvepatch did not make are a problem unless
     --apply-pending was given."""
-    ours = cycle.record.agent is not None and cycle.record.agent.enabled_by_run
+    ran = cycle.record.agent is not None and cycle.record.agent.enabled_by_run
+
+    def ours(change: PendingChange) -> bool:  # this run's `qm set --agent enabled=1`, unchanged
+        return ran and change.key == OWN_PENDING and agent_enabled({"agent": change.new or ""})
+
+    foreign = [c for c in changes if not ours(c)]
     facts.pending = [str(c) for c in changes]
-    facts.foreign_pending = [str(c) for c in changes if not (ours and c.key == OWN_PENDING)]
+    facts.foreign_pending = [str(c) for c in foreign]
     facts.problems.pop("pending", None)
-    if facts.foreign_pending and not cycle.options.apply_pending:
+    if foreign and not cycle.options.apply_pending:
         facts.problems["pending"] = (
             f"its Proxmox config has pending changes pvepatch did not make "
             f"({'; '.join(facts.foreign_pending)}): a restart would apply them. Run with "
             f"--apply-pending to apply them, or revert them (qm set {cycle.target.vmid} "
-            f"--revert {','.join(c.key for c in changes)})"
+            f"--revert {','.join(c.key for c in foreign)})"
         )
 
 

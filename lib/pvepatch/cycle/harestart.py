@@ -28,6 +28,7 @@ class HARestart(Restart):
     """A Restart whose stop and start are requests to the HA manager, each waited for."""
 
     START = "ha start"
+    _ha_state: str | None = None  # the HA state the last wait ended on
 
     def _stop_action(self) -> str:
         return "ha stop"
@@ -43,6 +44,16 @@ class HARestart(Restart):
             return False
         limit = (0 if hard else opts.shutdown_timeout) + HA_SLACK
         if not self._ha_reached("stopped", "stopped", "stopped", limit):
+            # Unless HA gave up on it (error), the request stays with HA, whose requested state
+            # is `stopped` now: it may still power the VM off, and keep it off, after this run
+            # stopped waiting.
+            if self._ha_state != "error" and not self._uncertain:
+                self._uncertain = (
+                    f"HA was asked to stop it and had not reported it stopped when pvepatch "
+                    f"stopped waiting ({self.outcome.errors.get('stopped', 'no reason given')}); "
+                    "HA may still power it off and keep it off: check ha-manager status; to "
+                    f"keep it running: ha-manager set vm:{self.target.vmid} --state started"
+                )
             return False
         outcome.stopped = True
         outcome.mark("stopped")
@@ -59,6 +70,7 @@ class HARestart(Restart):
         `status`. HA in a state that needs an admin, the VM no longer HA-managed, or moved to
         another node end the wait at once: recorded under `step`, False."""
         vmid, node = self.target.vmid, self.target.proxmox.node
+        self._ha_state = None
 
         def probe() -> tuple[str, VMResource | None] | None:
             where = self.qm.resource()
@@ -78,11 +90,13 @@ class HARestart(Restart):
         except PvepatchError as exc:
             self.outcome.errors[step] = str(exc)
             return False
+        self._ha_state = where.hastate if where else None
         if kind == "moved":
             on = f"node '{where.node}'" if where else "no node (not listed)"
             self.outcome.errors[step] = (
                 f"HA moved VM {vmid} to {on}, not '{node}': pvepatch does not follow it"
             )
+            self._uncertain = f"HA moved it to {on}: check it there (ha-manager status)"
         elif kind == "hands off":
             state = f"state '{where.hastate}'" if where and where.hastate else "no HA state"
             self.outcome.errors[step] = (

@@ -56,7 +56,7 @@ def before_shutdown(target: Target) -> Questions:
     """Right before the shutdown: a proof, whether apt/dpkg runs, who the guest is now, and the
     pending config changes the stop will apply."""
     asked = proof(target, "package_managers", "boot_id", "kernel")
-    return Questions(asked.guest, [*asked.qm, *Qm.asked(target.vmid, "pending")])
+    return Questions(asked.guest, [*asked.qm, *Qm.asked(target.vmid, "pending", "config_current")])
 
 
 def cluster(target: Target) -> Questions:

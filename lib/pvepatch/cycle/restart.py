@@ -15,6 +15,7 @@ from pvepatch.cycle.wait import ticking, wait_for
 from pvepatch.errors import PvepatchError, SafetyRefusal, last_line, one_line
 from pvepatch.guest import dns
 from pvepatch.guest.facts import Guest
+from pvepatch.proxmox.cluster import PendingChange
 from pvepatch.proxmox.parse import AGENT_PORT
 from pvepatch.proxmox.preconditions import Proof, prove_same_process, prove_stopped_by_us
 from pvepatch.proxmox.qm import Qm
@@ -63,6 +64,7 @@ class Restart:
         self.admission = Admission(cycle, self.outcome, self.qm)
         self.proof: Proof | None = None  # the running VM, proven right before it was taken down
         self._uncertain: str | None = None  # why the VM's state after an interruption is unknown
+        self._config_before: dict[str, str] | None = None  # `qm config --current` before the stop
 
     def run(self) -> RestartOutcome:
         outcome = self.outcome
@@ -121,7 +123,8 @@ class Restart:
                         self.target.vmid, f"apt/dpkg is running in the guest: {one_line(busy)}"
                     )
                 self.proof = self.cycle.prove_running(self._stop_action())
-                outcome.pending_applied = self.cycle.pending_before_restart()
+                self.cycle.pending_before_restart()
+                self._config_before = self.qm.config(current=True)
                 guest = self.cycle.guest()
                 outcome.before = Identity(guest.boot_id(), guest.kernel(), self.proof.pid)
         except SafetyRefusal as exc:
@@ -142,11 +145,17 @@ class Restart:
             if not self._take_down():
                 self._bring_back_if_stopped(wait=False)  # qm has waited its timeout already
                 return False
+            self._applied_at_stop()
             if self.options.restart_pause:
                 time.sleep(self.options.restart_pause)
             if not self._start():
                 return False
             self.fleet.down.pop(name, None)
+        except SafetyRefusal as exc:  # refused by the command's own admit: nothing was sent
+            step = "start" if "start_sent" in outcome.times else "shutdown"
+            outcome.errors[step] = f"refused: {exc.reason}"
+            self._bring_back_if_stopped(wait=False)
+            return False
         except PvepatchError as exc:  # the Proxmox host stopped answering, say: record, go on
             step = "start" if "start_sent" in outcome.times else "shutdown"
             outcome.errors[step] = one_line(exc)
@@ -229,6 +238,29 @@ class Restart:
         self.outcome.stopped = True
         self.outcome.mark("stopped")
         return True
+
+    def _applied_at_stop(self) -> None:
+        """What the stop applied (PVE applies pending changes when it stops a VM): the config
+        the running VM used, compared with the config now. Also a change made after the check
+        before the shutdown shows here."""
+        if self._config_before is None:
+            return
+        try:
+            after = self.qm.config(current=True)
+        except PvepatchError as exc:
+            self.outcome.errors["pending"] = (
+                f"the config after the stop is unknown: {one_line(exc)}"
+            )
+            return
+        before = self._config_before
+        self.outcome.pending_applied = [
+            str(change)
+            for change in (
+                PendingChange(key, before.get(key), after.get(key), delete=key not in after)
+                for key in sorted(set(before) | set(after))
+                if before.get(key) != after.get(key) and key != "lock"
+            )
+        ]
 
     # --- up ----------------------------------------------------------------------------------
     def _start(self) -> bool:
@@ -390,7 +422,7 @@ class Restart:
             )
             self.cycle.note(self.START, proof)
             result = self._send_start(proof)
-            outcome.errors["brought_back"] = f"VM started again ({self.START} rc={result.rc})"
+            outcome.errors["brought_back"] = f"{self.START} sent again (rc={result.rc})"
         except PvepatchError as exc:
             outcome.errors["brought_back"] = f"starting the VM again failed: {exc}"
 

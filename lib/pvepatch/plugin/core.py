@@ -315,12 +315,9 @@ class PvepatchPlugin(InterruptHooks, WorkerExchange):
                     bold=True,
                 )
         for name, why in self.fleet.down.items():
-            line(
-                f"!!! VM {name} IS NOT RUNNING: {why}. Start it: qm start "
-                f"{self.inventory.target(name).vmid}",
-                red=True,
-                bold=True,
-            )
+            vmid = self.inventory.target(name).vmid
+            todo = "" if "ha-manager" in why else f". Start it: qm start {vmid}"  # HA: as it says
+            line(f"!!! VM {name} IS NOT RUNNING: {why}{todo}", red=True, bold=True)
 
 
 RUN_KEY = pytest.StashKey[PvepatchPlugin]()

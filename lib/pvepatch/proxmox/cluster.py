@@ -67,6 +67,8 @@ def parse_resources(text: str) -> dict[int, VMResource]:
         vmid, node = entry.get("vmid"), entry.get("node")
         if not isinstance(vmid, int) or isinstance(vmid, bool) or not isinstance(node, str):
             raise ValueError(f"{what}: an entry without an integer vmid and a node: {entry!r:.200}")
+        if vmid in result:
+            raise ValueError(f"{what}: VM {vmid} is listed twice")
         if not NODE_NAME.fullmatch(node):
             raise ValueError(f"{what}: VM {vmid} has a node name PVE never gives: {node!r:.80}")
         hastate, lock = entry.get("hastate"), entry.get("lock")
@@ -105,7 +107,7 @@ def parse_pvecm_status(stdout: str, stderr: str) -> Quorum:
     match = _QUORATE.search(stdout)
     if match:
         return Quorum(quorate=match.group(1) == "Yes")
-    if _NO_CLUSTER in stderr or _NO_CLUSTER in stdout:
+    if _NO_CLUSTER in stderr and not stdout.strip():
         return Quorum(quorate=True, standalone=True)
     text = (stdout.strip() or stderr.strip())[:200]
     raise ValueError(f"no 'Quorate:' line in pvecm status: {text!r}")

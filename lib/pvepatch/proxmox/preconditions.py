@@ -120,6 +120,10 @@ class Proof:
             )
         if not self.ha_managed and action in HA_REQUESTS:
             raise SafetyRefusal(vmid, f"VM {vmid} is not HA-managed (any more): no {action}")
+        if self.lock and action in HA_REQUESTS:  # HA cannot be asked to skip a lock
+            raise SafetyRefusal(
+                vmid, f"VM is locked ({self.lock}) on {self.node}: HA would not act on it"
+            )
         if self.lock and not skiplock:
             raise SafetyRefusal(
                 vmid, f"VM is locked ({self.lock}) on {self.node} (use --skiplock to override)"

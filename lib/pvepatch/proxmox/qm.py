@@ -80,8 +80,9 @@ class Qm:
     def _parsed(self, result: CommandResult, parser: Any) -> Any:
         try:
             return parser(result.stdout)
-        except ValueError as exc:
-            raise QmError(result, self.vmid, f"cannot understand qm output: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+            why = exc if isinstance(exc, ValueError) else "nested too deeply"
+            raise QmError(result, self.vmid, f"cannot understand qm output: {why}") from exc
 
     # --- read-only -------------------------------------------------------------------------
     def status(self) -> str:
@@ -212,18 +213,27 @@ class Qm:
         proof.admit(self.vmid, "ha stop", node=self.transport.host)
         if hard:
             return self._run(
-                "qm stop %s", self.vmid, timeout=TASK_SLACK, mutating=True, check=False
+                "qm stop %s", self.vmid, timeout=TASK_SLACK + 20, mutating=True, check=False
             )
+        # qm returns once the request is queued; the SSH timeout still allows a qm that acts
+        # itself (PVE 9's disarmed HA in `ignore` mode runs the shutdown directly)
         command = "qm shutdown %s --timeout %s"
         return self._run(
-            command, self.vmid, int(timeout), timeout=TASK_SLACK, mutating=True, check=False
+            command,
+            self.vmid,
+            int(timeout),
+            timeout=timeout + TASK_SLACK,
+            mutating=True,
+            check=False,
         )
 
     def ha_start(self, proof: Proof) -> CommandResult:
         """For an HA-managed VM: `qm start` only sets its HA state to started (`Requesting HA
         start for VM <vmid>`); HA starts it rounds later. The result, never raising on rc."""
         proof.admit(self.vmid, "ha start", node=self.transport.host)
-        return self._run("qm start %s", self.vmid, timeout=TASK_SLACK, mutating=True, check=False)
+        return self._run(
+            "qm start %s", self.vmid, timeout=120.0 + TASK_SLACK, mutating=True, check=False
+        )
 
     def snapshot(self, proof: Proof, name: str, description: str) -> CommandResult:
         """`qm snapshot` (disk only; PVE freezes the guest file systems through the agent)."""
