@@ -245,8 +245,11 @@ def test_cli_errors_exit_255(paths: LabPaths, argv: list[str], err: str) -> None
 @pytest.mark.parametrize(
     ("argv", "err"),
     [
-        (["add", "vm 101"], "sid: value does not look like a valid ha resource id\n"
-                            "ha-manager add <sid> [OPTIONS]\n"),
+        # HA8 Tools.pm pve_verify_ha_resource_or_vm_id: die "...\n"; check_prop adds the prefix
+        (["add", "vm 101"], "sid: invalid format - value does not look like a valid ha resource"
+                            " id\n\nha-manager add <sid> [OPTIONS]\n"),
+        (["add", "foo"], "sid: invalid format - value does not look like a valid ha resource"
+                         " id\n\nha-manager add <sid> [OPTIONS]\n"),
         (["set", "vm:101", "--state", "up"],
          "state: value 'up' does not have a value in the enumeration "
          "'started, stopped, enabled, disabled, ignored'\nha-manager set <sid> [OPTIONS]\n"),
@@ -261,12 +264,19 @@ def test_cli_parameter_verification(paths: LabPaths, argv: list[str], err: str) 
 
 
 def test_cli_unknown_command_lists_usage(paths: LabPaths) -> None:
-    rc, out, err = ha(paths, "migrate", "vm:101", "pve2")
+    rc, out, err = ha(paths, "frob")
     assert (rc, out) == (255, "")
-    assert err.startswith(
-        "ERROR: unknown command 'ha-manager migrate'\nUSAGE: ha-manager <COMMAND> [ARGS] [OPTIONS]\n"
+    assert err.startswith(  # PC CLIHandler.pm print_usage_short
+        "ERROR: unknown command 'ha-manager frob'\nUSAGE: ha-manager <COMMAND> [ARGS] [OPTIONS]\n\n"
     )
     assert "       ha-manager crm-command stop <sid> <timeout>\n" in err
+
+
+def test_cli_alias_of_an_unimplemented_command_says_so(paths: LabPaths) -> None:
+    # HA8 CLI/ha_manager.pm: `migrate => { alias => 'crm-command migrate' }`, a real command
+    assert ha(paths, "migrate", "vm:101", "pve2") == (
+        255, "", "pvelab: `ha-manager crm-command migrate` is not implemented by the lab's ha-manager\n",
+    )  # fmt: skip
 
 
 def test_set_and_remove_rewrite_resources_cfg(paths: LabPaths) -> None:
@@ -351,9 +361,11 @@ def test_qm_shutdown_of_ha_vm_queues_stop_with_timeout_default_60(paths: LabPath
 
 def test_qm_stop_overrule_shutdown_not_applicable(paths: LabPaths) -> None:
     ha(paths, "add", "vm:101")
+    # QS8 API2/Qemu.pm vm_stop: raise_param_exc, so RESTHandler cli_handler appends the usage
     assert qm_call(paths, "stop", 101, "--overrule-shutdown", 1) == (
         255, "", "400 Parameter verification failed.\n"
-                 "overrule-shutdown: Not applicable for HA resources.\n",
+                 "overrule-shutdown: Not applicable for HA resources.\n"
+                 "qm stop <vmid> [OPTIONS]\n",
     )  # fmt: skip
     assert not config.crm_commands_path(paths).exists()
 

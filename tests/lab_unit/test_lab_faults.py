@@ -23,6 +23,7 @@ def test_every_fault_is_listed() -> None:
         "agent-missing", "virtio-missing", "sshd-broken", "lock-backup",
         "ignore-shutdown", "dns-down", "dpkg-lock", "dpkg-halfconf", "slow-shutdown",
         "bad-update", "snapshot-unsupported", "ha-managed", "no-quorum", "migrated",
+        "cloudinit-changed",
     }  # fmt: skip
 
 

@@ -18,7 +18,8 @@ from pvelab.fleet.roster import VM
 from pvelab.image import debs, recipe
 from pvelab.paths import LabPaths
 from pvelab.pve import cluster, vmstate
-from pvelab.pve.vmconf import edited_conf
+from pvelab.pve.qm import cipending, cloudinit
+from pvelab.pve.vmconf import VMConf, edited_conf, load_conf, write_conf
 from pvelab.sshcmd import LabError, local_run
 
 AGENT_MISSING = """\
@@ -277,16 +278,60 @@ def ha_manage(paths: LabPaths, vm: VM) -> None:
     local_run([str(wrapper), "add", f"vm:{vm.vmid}", "--state", "started"], timeout=30)
 
 
+# cloudinit-changed: a VM whose cloud-init drive was generated at its last start (the guest holds
+# that drive's instance-id), then a cloud-init key changed: the next PVE start regenerates the
+# drive with another instance-id, and cloud-init in the guest makes new SSH host keys.
+CLOUDINIT_DRIVE = "local:vm-{vmid}-cloudinit,media=cdrom"
+CLOUDINIT_DRIVE_KEY = "ide2"
+CLOUDINIT_KEYS = {"ciuser": "root", "ipconfig0": "ip=dhcp"}
+CLOUDINIT_NEW_USER = "pvelab"
+INSTANCE_ID_FILE = "/var/lib/cloud/data/instance-id"
+
+
+def _load_conf(paths: LabPaths, vm: VM) -> VMConf:
+    conf = load_conf(paths.conf(vm.vmid))
+    if conf is None:
+        raise LabError(f"{vm.name}: no config {paths.conf(vm.vmid)}: bring the lab up first")
+    return conf
+
+
+def attach_cloudinit(paths: LabPaths, vm: VM) -> None:
+    """The conf of a VM set up for cloud-init whose drive was generated at its last start: the
+    drive line and the keys, no `[special:cloudinit]` (nothing changed since)."""
+    conf = _load_conf(paths, vm)
+    conf.main[CLOUDINIT_DRIVE_KEY] = CLOUDINIT_DRIVE.format(vmid=vm.vmid)
+    conf.main.update(CLOUDINIT_KEYS)
+    conf.sections.pop(cipending.SECTION, None)
+    write_conf(paths.conf(vm.vmid), conf)
+
+
+def instance_id_script(paths: LabPaths, vm: VM) -> str:
+    """The guest's side: cloud-init's record of the instance it last ran as (`<id>\n`, as
+    cloud-init's stages.py writes it), the id of the drive the conf generates now."""
+    iid = cloudinit.instance_id(_load_conf(paths, vm).main, vm.vmid)
+    return f"set -e\nmkdir -p {Path(INSTANCE_ID_FILE).parent}\necho {iid} > {INSTANCE_ID_FILE}\n"
+
+
+def change_ciuser(paths: LabPaths, vm: VM) -> None:
+    """As an admin would: the node's own `qm set <vmid> --ciuser pvelab`. Running, the VM takes
+    it at once and `[special:cloudinit]` keeps `ciuser: root` (`qm cloudinit pending` shows
+    the change); stopped, it is simply applied. Either way the next start's instance-id differs."""
+    owner = cluster.vm_node(paths, vm.vmid) or cluster.FIRST_NODE
+    _node_qm(paths, owner, "set", vm.vmid, "--ciuser", CLOUDINIT_NEW_USER, timeout=60)
+
+
 @dataclass(frozen=True)
 class Fault:
     name: str
     summary: str
-    guest_script: str | None = None
+    # A text, or built from the lab after the `host` step (its VM's conf as that left it).
+    guest_script: str | Callable[[LabPaths, VM], str] | None = None
     # Value None deletes the key; "{vmid}" in a value is the VM's id.
     conf: dict[str, str | None] = field(default_factory=dict)
     role: str | None = None  # only VMs of this role can take the fault
     timeout: float = 180
     host: Callable[[LabPaths, VM], None] | None = None  # host-side step, before the guest's
+    after: Callable[[LabPaths, VM], None] | None = None  # host-side step, after guest and conf
     # A fault of the whole cluster: takes no VM (one named is ignored).
     whole_cluster: Callable[[LabPaths], None] | None = None
 
@@ -322,6 +367,9 @@ FAULTS: dict[str, Fault] = {
               whole_cluster=lose_quorum),
         Fault("migrated", f"shut down if running, then offline-migrated to {MIGRATE_TARGET} (qm migrate)",
               host=migrate_away, timeout=MIGRATE_SHUTDOWN_TIMEOUT + 180),
+        Fault("cloudinit-changed", "cloud-init drive + ciuser root, guest holds its instance-id; then "
+              f"qm set --ciuser {CLOUDINIT_NEW_USER}: the next start brings a new instance-id",
+              instance_id_script, host=attach_cloudinit, after=change_ciuser),
     )
 }  # fmt: skip
 

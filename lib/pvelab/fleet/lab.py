@@ -308,7 +308,7 @@ class Lab:
     # -- faults -----------------------------------------------------------------------------
     def fault(self, name: str, vm: str | VM | None, log: Log = print) -> CommandResult | None:
         """Inject fault `name` into `vm`: host side first, then the guest (via SSH as root), then
-        its conf. A cluster fault (no-quorum) takes no VM."""
+        its conf, then the host's `after` step. A cluster fault (no-quorum) takes no VM."""
         flt = faults.get(name)
         if flt.whole_cluster is not None:
             flt.whole_cluster(self.paths)
@@ -322,14 +322,19 @@ class Lab:
             flt.host(self.paths, guest)
         result = None
         if flt.guest_script is not None:
+            text = flt.guest_script
+            if callable(text):
+                text = text(self.paths, guest)
             # `sync`: a fault must survive a hard power-off (qm stop) as well as a clean shutdown.
-            script = flt.guest_script + "\nsync\n"
+            script = text + "\nsync\n"
             result = self.guest_result(guest, ["sh", "-c", script], timeout=flt.timeout)
             if not result.ok:
                 raise CommandError(result)
         if flt.conf:
             conf = self.paths.conf(guest.vmid)
             conf.write_text(faults.apply_conf(flt, conf.read_text(), guest.vmid))
+        if flt.after is not None:
+            flt.after(self.paths, guest)
         log(f"{guest.name}: fault {name} applied ({flt.summary})")
         return result
 

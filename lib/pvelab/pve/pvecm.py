@@ -18,12 +18,39 @@ from typing import TextIO
 
 from pvelab.paths import LabPaths
 from pvelab.pve import cluster
+from pvelab.pve.clihandler import CLI, Def
+from pvelab.pve.qm.options import Command, UsageError, parse
 
 EXIT_NOT_QUORATE = 2
 CONFIG_VERSION = 2  # corosync.conf after `pvecm create` + one `pvecm add`
 RING_SEQ = 0x35  # the ring id's sequence number (hex in the output); bumped by a partition
-COMMANDS = ("add", "addnode", "apiver", "create", "delnode", "expected", "keygen", "mtunnel",
-            "nodes", "qdevice", "status", "updatecerts")  # fmt: skip
+CLUSTERCONFIG = "PVE::API2::ClusterConfig"
+PVECM = "PVE::CLI::pvecm"
+# PCL CLI/pvecm.pm $cmddef; usages as pve-docs 8.4 `pvecm.1-synopsis.adoc`.
+PVECM_CLI = CLI("pvecm", {
+    "apiver": Def(CLUSTERCONFIG),
+    "keygen": Def(PVECM, "<filename>"),
+    "create": Def(CLUSTERCONFIG, "<clustername> [OPTIONS]"),
+    "add": Def(PVECM, "<hostname> [OPTIONS]"),
+    "addnode": Def(CLUSTERCONFIG, "<node> [OPTIONS]"),
+    "delnode": Def(CLUSTERCONFIG, "<node>"),
+    "status": Def(PVECM),
+    "nodes": Def(PVECM),
+    "expected": Def(PVECM, "<expected>"),
+    "updatecerts": Def(PVECM, " [OPTIONS]"),
+    "mtunnel": Def(PVECM, "[<extra-args>] [OPTIONS]"),
+    "qdevice": {
+        "setup": Def(PVECM, "<address> [OPTIONS]"),
+        "remove": Def(PVECM),
+    },
+})  # fmt: skip
+
+
+class PvecmCommand(Command):
+    """A pvecm command without parameters: its usage names `pvecm` (`"$prefix $args"`)."""
+
+    def usage(self) -> str:
+        return "pvecm " + super().usage().removeprefix("qm ")
 
 
 def _padded(text: str) -> str:
@@ -82,22 +109,25 @@ def status_text(paths: LabPaths, local: str, now: float | None = None) -> str:
 
 
 def run(paths: LabPaths, local: str, argv: list[str], out: TextIO, err: TextIO) -> int:
-    if not argv:
-        err.write("ERROR: no command specified\n")
-        return 255
-    if argv[0] not in COMMANDS:
-        err.write(f"ERROR: unknown command 'pvecm {argv[0]}'\n")
-        return 255
-    if len(argv) > 1:
-        err.write(f"400 too many arguments\npvecm {argv[0]}\n")
-        return 255
-    if argv[0] == "status":
+    """One pvecm command line (CLIHandler handle_cmd); returns the exit code."""
+    try:
+        found = PVECM_CLI.command(argv)
+        name = " ".join(found.words)
+        if name == "help" and not any(a.startswith("-") for a in found.rest):
+            out.write(PVECM_CLI.help(found.rest))
+            return 0
+        if name in ("status", "nodes"):  # `properties => {}`: Getopt, then no arguments
+            parse(PvecmCommand(name), found.rest)
+    except UsageError as exc:
+        err.write(str(exc))
+        return exc.rc
+    if name == "status":
         out.write(status_text(paths, local))
         return 0 if cluster.quorate(paths) else EXIT_NOT_QUORATE
-    if argv[0] == "nodes":
+    if name == "nodes":
         out.write(membership(paths, local, hex_ids=False, by_ip=False))
         return 0
-    err.write(f"pvelab: `pvecm {argv[0]}` is not implemented by the lab's pvecm\n")
+    err.write(f"pvelab: `pvecm {name}` is not implemented by the lab's pvecm\n")
     return 255
 
 

@@ -20,10 +20,19 @@ import yaml
 
 from pvelab.paths import LabPaths
 from pvelab.pve import api, cluster
+from pvelab.pve.clihandler import CLI, Def
 from pvelab.pve.qm.formats import perl_json, perl_number
+from pvelab.pve.qm.options import UsageError
 
 USAGE = "pvesh get <api_path> [OPTIONS] [FORMAT_OPTIONS]"
-COMMANDS = ("create", "delete", "get", "help", "ls", "set", "usage")
+PVESH = "PVE::CLI::pvesh"
+API_PATH = "<api_path> [OPTIONS] [FORMAT_OPTIONS]"
+# PM8 CLI/pvesh.pm $cmddef; usages as pve-docs 8.4 `pvesh.1-synopsis.adoc`.
+PVESH_CLI = CLI("pvesh", {
+    "usage": Def(PVESH, "<api_path> [OPTIONS]"), "get": Def(PVESH, API_PATH),
+    "ls": Def(PVESH, API_PATH), "set": Def(PVESH, API_PATH), "create": Def(PVESH, API_PATH),
+    "delete": Def(PVESH, API_PATH),
+})  # fmt: skip
 FORMATS = ("text", "json", "json-pretty", "yaml")
 # PC RESTHandler.pm $standard_output_options, plus pvesh's own `noproxy`.
 STANDARD = {"output-format": "string", "noheader": "boolean", "noborder": "boolean",
@@ -189,24 +198,27 @@ def _check_node(node: str, local: str) -> str:
 
 def run(paths: LabPaths, local: str, argv: list[str], out: TextIO, err: TextIO) -> int:
     """One pvesh command line; returns the exit code."""
-    if not argv:
-        err.write(f"ERROR: no command specified\nUSAGE: {USAGE}\n")
+    try:
+        found = PVESH_CLI.command(argv)
+    except UsageError as exc:
+        err.write(str(exc))
+        return exc.rc
+    command = " ".join(found.words)
+    if command == "help" and not any(a.startswith("-") for a in found.rest):
+        out.write(PVESH_CLI.help(found.rest))
+        return 0
+    if not found.rest:
+        assert isinstance(found.node, Def)
+        err.write(f"400 not enough arguments\n{found.node.usage(found.cmdstr)}\n")
         return 255
-    command = argv[0]
-    if command not in COMMANDS:
-        err.write(f"ERROR: unknown command 'pvesh {command}'\nUSAGE: {USAGE}\n")
-        return 255
-    if len(argv) < 2:
-        err.write(f"400 not enough arguments\n{USAGE}\n")
-        return 255
-    path = argv[1]
-    found = find(path) if command == "get" else None
-    if found is None:
+    path = found.rest[0]
+    match = find(path) if command == "get" else None
+    if match is None:
         err.write(f"No '{command}' handler defined for '{path}'\n")  # pvesh.pm extract_path_info
         return 1
-    route, bound = found
+    route, bound = match
     try:
-        params = parse_options(route, argv[2:])
+        params = parse_options(route, found.rest[1:])
         if "node" in bound:
             bound["node"] = _check_node(bound["node"], local)
         if "vmid" in bound and not re.fullmatch(r"\d+", bound["vmid"]):

@@ -58,6 +58,17 @@ def uptime(pid: int) -> int:
     return max(0, int(boot_uptime - start))
 
 
+def mem_share(pid: int, maxmem: int) -> int:
+    """vmstatus's `mem` of a running VM: rss / vsize * maxmem (ProcFSTools read_proc_pid_stat:
+    rss in 4096-byte pages); 0 when /proc has no answer."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        vsize, rss = int(fields[20]), int(fields[21]) * 4096
+    except (OSError, IndexError, ValueError):
+        return 0
+    return int(rss / vsize * maxmem) if vsize else 0
+
+
 def wait_stopped(paths: LabPaths, vmid: int, timeout: float, poll: float = 0.2) -> bool:
     """Poll until the VM is not running; True if it stopped within `timeout` seconds."""
     deadline = time.monotonic() + timeout

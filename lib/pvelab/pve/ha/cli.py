@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pvelab.paths import LabPaths
-from pvelab.pve import cluster
+from pvelab.pve import clihandler, cluster
+from pvelab.pve.clihandler import Alias, Def
 from pvelab.pve.ha import config, nodes, status
 from pvelab.pve.ha.config import HAError
 from pvelab.pve.qm.options import Command, Option, UsageError, parse
@@ -27,7 +28,7 @@ class HACommand(Command):
 def _sid_format(value: str) -> str | None:
     """JSONSchema format `pve-ha-resource-or-vm-id` (HA8 Tools.pm)."""
     ok = re.fullmatch(r"[a-z]+:\S+|\d+", value)
-    return None if ok else "value does not look like a valid ha resource id"
+    return None if ok else "invalid format - value does not look like a valid ha resource id\n"
 
 
 def _timeout_check(value: str) -> str | None:
@@ -97,7 +98,7 @@ def cmd_add(paths: LabPaths, p: dict[str, Any], io: Io) -> None:
     if entry is None:  # PVEVM/PVECT `exists`: the vmlist only
         raise HAError(f"resource '{sid}' does not exist in cluster")
     try:
-        with config.domain_lock(paths):
+        with config.domain_lock(paths, err=io.stderr):
             res = config.read_resources(paths)
             if sid in res.ids:
                 raise HAError(f"resource ID '{sid}' already defined")
@@ -122,7 +123,7 @@ def cmd_set(paths: LabPaths, p: dict[str, Any], io: Io) -> None:
         raise HAError(f"HA group '{p['group']}' does not exist")  # the lab has no groups.cfg
     check_service_state(paths, sid, p.get("state"))
     delete = [k for k in re.split(r"[,;\s]+", p.get("delete", "")) if k]
-    config.update_resource(paths, sid, _settings(p), delete, p.get("digest"))
+    config.update_resource(paths, sid, _settings(p), delete, p.get("digest"), io.stderr)
 
 
 def cmd_remove(paths: LabPaths, p: dict[str, Any], io: Io) -> None:
@@ -130,7 +131,7 @@ def cmd_remove(paths: LabPaths, p: dict[str, Any], io: Io) -> None:
     sid, _rtype, _name = config.parse_sid(paths, p["sid"])
     if sid not in config.read_resources(paths).ids:
         raise HAError(f"cannot delete service '{sid}', not HA managed!")
-    config.remove_resource(paths, sid)
+    config.remove_resource(paths, sid, err=io.stderr)
 
 
 def cmd_stop(paths: LabPaths, p: dict[str, Any], io: Io) -> None:
@@ -139,7 +140,7 @@ def cmd_stop(paths: LabPaths, p: dict[str, Any], io: Io) -> None:
     if not config.is_managed(config.read_resources(paths), sid):
         raise HAError(f"resource '{sid}' is not HA managed")
     check_service_state(paths, sid)
-    config.queue_crm_command(paths, f"stop {sid} {int(p['timeout'])}")
+    config.queue_crm_command(paths, f"stop {sid} {int(p['timeout'])}", io.stderr)
 
 
 Handler = Callable[[LabPaths, dict[str, Any], Io], None]
@@ -165,32 +166,53 @@ COMMANDS: dict[str, tuple[HACommand, Handler]] = {
 }  # fmt: skip
 
 
-def usage_all() -> str:
-    lines = [COMMANDS[k][0].usage() for k in sorted(COMMANDS)]
-    return "USAGE: ha-manager <COMMAND> [ARGS] [OPTIONS]\n" + "".join(
-        f"       {u}\n" for u in lines
-    )
+GROUPS = "PVE::API2::HA::Groups"
+RESOURCES = "PVE::API2::HA::Resources"
+HA_MANAGER = "PVE::CLI::ha_manager"
+# HA8 CLI/ha_manager.pm $cmddef; usages as pve-docs 8.4 `ha-manager.1-synopsis.adoc`.
+HA_CLI = clihandler.CLI("ha-manager", {
+    "status": Def(HA_MANAGER, " [OPTIONS]"),
+    "config": Def(RESOURCES, " [OPTIONS]"),
+    "groupconfig": Def(GROUPS),
+    "groupadd": Def(GROUPS, "<group> --nodes <string> [OPTIONS]"),
+    "groupremove": Def(GROUPS, "<group>"),
+    "groupset": Def(GROUPS, "<group> [OPTIONS]"),
+    "add": Def(RESOURCES, "<sid> [OPTIONS]"),
+    "remove": Def(RESOURCES, "<sid>"),
+    "set": Def(RESOURCES, "<sid> [OPTIONS]"),
+    "migrate": Alias("crm-command migrate"),
+    "relocate": Alias("crm-command relocate"),
+    "crm-command": {
+        "migrate": Def(RESOURCES, "<sid> <node>"),
+        "relocate": Def(RESOURCES, "<sid> <node>"),
+        "stop": Def(HA_MANAGER, "<sid> <timeout>"),
+        "node-maintenance": {
+            "enable": Def(HA_MANAGER, "<node>"),
+            "disable": Def(HA_MANAGER, "<node>"),
+        },
+    },
+})  # fmt: skip
 
 
-def resolve(argv: list[str]) -> tuple[HACommand, Handler, list[str]]:
-    """Find the (sub)command the way PVE's CLIHandler does."""
-    if not argv:
-        raise UsageError("ERROR: no command specified\n" + usage_all())
-    word, rest = argv[0], argv[1:]
-    if word == "crm-command":
-        if not rest:
-            raise UsageError("ERROR: no command specified\n" + usage_all())
-        word, rest = f"crm-command {rest[0]}", rest[1:]
-    if word not in COMMANDS:
-        raise UsageError(f"ERROR: unknown command 'ha-manager {word}'\n" + usage_all())
-    spec, handler = COMMANDS[word]
-    return spec, handler, rest
+def resolve(argv: list[str]) -> tuple[str, list[str]]:
+    """CLIHandler resolve_cmd + handle_cmd's aborts: the command's words and its arguments."""
+    found = HA_CLI.command(argv)
+    return " ".join(found.words), found.rest
 
 
 def run(paths: LabPaths, argv: list[str], io: Io) -> int:
     """One `ha-manager` command line; returns the exit code (output already written)."""
     try:
-        spec, handler, rest = resolve(argv)
+        name, rest = resolve(argv)
+        if name == "help" and not any(a.startswith("-") for a in rest):
+            io.stdout.write(HA_CLI.help(rest))
+            return 0
+        if name not in COMMANDS:  # a real command of PVE's ha-manager the lab does not have
+            io.stderr.write(
+                f"pvelab: `ha-manager {name}` is not implemented by the lab's ha-manager\n"
+            )
+            return 255
+        spec, handler = COMMANDS[name]
         params = parse(spec, rest)
     except UsageError as exc:
         io.stderr.write(str(exc))

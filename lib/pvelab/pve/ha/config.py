@@ -9,11 +9,12 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pvelab.paths import LabPaths
 from pvelab.pve.ha import nodes
@@ -78,13 +79,34 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# PCL Cluster.pm $cfs_lock: the lock request's timeout (10 s) and its 1 s retry sleep; the lab's
+# tests shorten the sleep.
+CFS_LOCK_TIMEOUT = 10
+CFS_LOCK_SLEEP = 1.0
+
+
+def _no_quorum_lock_wait(err: TextIO | None) -> None:
+    """$cfs_lock without quorum: mkdir in the read-only pmxcfs fails, so it says `trying to
+    acquire cfs lock` and sleeps 1 s until alarm's remaining time (10, then one less each
+    try) runs out - nine times - then `got lock request timeout`, reported as no quorum."""
+    stream = sys.stderr if err is None else err
+    remaining = CFS_LOCK_TIMEOUT
+    while True:
+        remaining -= 1
+        if remaining <= 0:
+            raise HAError("cfs-lock 'domain-ha' error: no quorum!")
+        stream.write("trying to acquire cfs lock 'domain-ha' ...\n")
+        stream.flush()
+        time.sleep(CFS_LOCK_SLEEP)
+
+
 @contextmanager
-def domain_lock(paths: LabPaths, check_quorum: bool = True) -> Iterator[None]:
+def domain_lock(
+    paths: LabPaths, check_quorum: bool = True, err: TextIO | None = None
+) -> Iterator[None]:
     """cfs_lock_domain('ha'): one writer of resources.cfg and crm_commands at a time."""
-    if check_quorum and not nodes.quorate(
-        paths
-    ):  # pmxcfs is read-only (PCL Cluster.pm $cfs_lock; inferred)
-        raise HAError("cfs-lock 'domain-ha' error: no quorum!")
+    if check_quorum and not nodes.quorate(paths):
+        _no_quorum_lock_wait(err)
     lock = paths.root / "var" / "lock" / "pve-ha" / "domain-ha.lck"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as fh:
@@ -231,11 +253,11 @@ def checked_config(paths: LabPaths) -> dict[str, dict[str, Any]]:
 
 def update_resource(
     paths: LabPaths, sid: str, changes: dict[str, str], delete: list[str] | None = None,
-    digest: str | None = None,
+    digest: str | None = None, err: TextIO | None = None,
 ) -> None:  # fmt: skip
     """update_resources_config, under the domain lock."""
     try:
-        with domain_lock(paths):
+        with domain_lock(paths, err=err):
             res = read_resources(paths)
             if digest and digest != res.digest:
                 raise HAError(
@@ -254,9 +276,11 @@ def update_resource(
         raise HAError(f"update resources config failed: {exc}") from exc
 
 
-def remove_resource(paths: LabPaths, sid: str, check_quorum: bool = True) -> bool:
+def remove_resource(
+    paths: LabPaths, sid: str, check_quorum: bool = True, err: TextIO | None = None
+) -> bool:
     """delete_service_from_config: True if it was there (check_quorum=False: the lab's reset)."""
-    with domain_lock(paths, check_quorum):
+    with domain_lock(paths, check_quorum, err):
         res = read_resources(paths)
         if sid not in res.ids:
             return False
@@ -295,9 +319,9 @@ def write_lrm_status(paths: LabPaths, node: str, status: dict[str, Any]) -> None
     _write_atomic(lrm_status_path(paths, node), json.dumps(status, sort_keys=True))
 
 
-def queue_crm_command(paths: LabPaths, cmd: str) -> None:
+def queue_crm_command(paths: LabPaths, cmd: str, err: TextIO | None = None) -> None:
     """queue_crm_commands: append one line under the domain lock."""
-    with domain_lock(paths):
+    with domain_lock(paths, err=err):
         path = crm_commands_path(paths)
         data = path.read_text() if path.exists() else ""
         _write_atomic(path, data + cmd.rstrip("\n") + "\n")

@@ -3,13 +3,12 @@ only queues a request with `ha-manager` and returns; the HA stack itself (type '
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from io import StringIO
 from typing import Any
 
-from pvelab.pve import cluster
 from pvelab.pve.ha import cli, config
 from pvelab.pve.qm.context import Context, QmError
+from pvelab.pve.qm.options import ParamErrors
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60  # vm_shutdown: `$param->{timeout} // 60`
 
@@ -48,30 +47,19 @@ def stop(ctx: Context, p: dict[str, Any]) -> bool:
     vmid = p["vmid"]
     if not _managed(ctx, vmid) or p.get("migratedfrom"):
         return False
-    if p.get("overrule-shutdown"):
-        raise QmError(
-            "400 Parameter verification failed.\n"
-            "overrule-shutdown: Not applicable for HA resources."
-        )
+    if p.get("overrule-shutdown"):  # raise_param_exc: the CLI adds the usage
+        raise ParamErrors({"overrule-shutdown": "Not applicable for HA resources."})
     ctx.out(f"Requesting HA stop for VM {vmid}\n")
     _queue(ctx, ["crm-command", "stop", f"vm:{vmid}", "0"])
     return True
 
 
-def shutdown(
-    ctx: Context, p: dict[str, Any], paused_check: Callable[[Context, int, bool], bool]
-) -> bool:
-    """`qm shutdown` of an HA VM: vm_is_paused's check (and warnings) first, then
+def shutdown(ctx: Context, p: dict[str, Any]) -> bool:
+    """`qm shutdown` of an HA VM (after vm_is_paused's check, power.shutdown's):
     `ha-manager crm-command stop vm:<id> <timeout, default 60>`. True if handled."""
     vmid = p["vmid"]
     if not _managed(ctx, vmid):
         return False
-    if cluster.on_node(ctx.paths, vmid, ctx.node):
-        paused_check(ctx, vmid, bool(p.get("forceStop")))
-    else:  # vm_is_paused warns its eval error: the VM may live on another node
-        ctx.stderr.write(
-            f"unable to find configuration file for VM {vmid} on node '{ctx.node}'\n\n"
-        )
     timeout = p.get("timeout")
     timeout = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout
     ctx.out(f"Requesting HA stop for VM {vmid}\n")

@@ -15,7 +15,20 @@ from typing import Any
 
 from pvelab.paths import LabPaths
 from pvelab.pve import cluster, vmconf, vmstate
-from pvelab.pve.qm import formats, guest, migrate, power, schema, setconf, snapconf, snapshot
+from pvelab.pve.qm import (
+    cipending,
+    cloudinit,
+    cmddef,
+    confdesc,
+    formats,
+    guest,
+    migrate,
+    power,
+    schema,
+    setconf,
+    snapconf,
+    snapshot,
+)
 from pvelab.pve.qm.context import Context, QmError, node_name
 from pvelab.pve.qm.options import (
     Command,
@@ -49,6 +62,7 @@ SET_OPTIONS = (
     Option("force", "boolean", requires="delete"),
     Option("digest", max_length=40),
     *schema.SET_OPTIONS,
+    *confdesc.SET_OPTIONS,
 )
 
 
@@ -74,21 +88,34 @@ def _bootdisk_size(conf: dict[str, str]) -> int:
 def vm_status(ctx: Context, vmid: int, conf: dict[str, str], full: bool = True) -> dict[str, Any]:
     """PVE's vmstatus() subset: the keys the lab can know."""
     pid = vmstate.running_pid(ctx.paths, vmid)
-    cores = int(conf.get("cores", "1")) * int(conf.get("sockets", "1"))
+    cores = int(conf.get("cores") or "1") * int(conf.get("sockets") or "1")
     stat: dict[str, Any] = {
         "vmid": vmid,
-        "name": conf.get("name", f"VM {vmid}"),
+        "name": conf.get("name") or f"VM {vmid}",
         "status": "running" if pid else "stopped",
-        "cpus": cores,
+        "cpus": int(conf["vcpus"]) if conf.get("vcpus") else min(cores, os.cpu_count() or 1),
         "maxmem": int(conf.get("memory", "512")) * 1024 * 1024,
+        "disk": 0,  # QemuServer.pm vmstatus: "no info available", for every VM
         "maxdisk": _bootdisk_size(conf),
         "uptime": vmstate.uptime(pid) if pid else 0,
+        "cpu": 0,
+        "mem": 0,
+        "netout": 0,  # the sums of the VM's tap devices: the lab's VMs have none
+        "netin": 0,
     }
+    if conf.get("balloon") not in (None, "", "0"):
+        stat["balloon_min"] = int(conf["balloon"]) * 1024 * 1024
+        stat["shares"] = int(conf.get("shares", "1000"))  # load_defaults: shares 1000
+    if conf.get("template") not in (None, "", "0"):
+        stat["template"] = 1
+    if any(conf.get(f"serial{i}") for i in range(4)):
+        stat["serial"] = 1
     for key in ("lock", "tags"):
         if key in conf:
             stat[key] = conf[key]
     if pid:
         stat["pid"] = pid
+        stat["mem"] = vmstate.mem_share(pid, stat["maxmem"])
         if full:
             try:
                 stat["qmpstatus"] = ctx.qmp(vmid).command("query-status", timeout=2)["status"]
@@ -171,14 +198,14 @@ COMMANDS: dict[str, Entry] = {
             "start",
             SKIPLOCK,
             TIMEOUT,
-            Option("machine"),
+            Option("machine", check=confdesc.machine_error),
             Option("force-cpu"),
             Option("stateuri", max_length=128),
-            Option("migratedfrom"),
+            Option("migratedfrom", check=migrate.node_name_error),
             Option("migration_type", enum=("secure", "insecure")),
-            Option("migration_network"),
-            Option("targetstorage"),
-            Option("nets-host-mtu"),
+            Option("migration_network", check=confdesc.cidr_error),
+            Option("targetstorage", check=confdesc.storage_pair_list_error, is_list=True),
+            Option("nets-host-mtu", check=confdesc.nets_host_mtu_error),
         ),
         power.start,
         task=True,
@@ -243,60 +270,40 @@ COMMANDS: dict[str, Entry] = {
         guest.exec_status,
     ),
     "migrate": Entry(migrate.COMMAND, migrate.migrate, task=True),
+    "cloudinit dump": Entry(
+        Command("cloudinit dump", ("vmid", "type"), arg_enums={"type": cloudinit.DUMP_TYPES}),
+        cloudinit.dump,
+    ),
+    "cloudinit pending": Entry(_vm("cloudinit pending"), cipending.pending),
+    "cloudinit update": Entry(_vm("cloudinit update"), cipending.update),
 }
 
 
-# QS8 CLI/qm.pm $cmddef: every top-level word (+ CLIHandler's `help`), for PVE's unique-prefix
-# expansion; aliases are matched only in full. The stand-in implements COMMANDS of them.
-PVE_COMMANDS = (
-    "list create destroy clone migrate remote-migrate set config pending showcmd status snapshot "
-    "delsnapshot listsnapshot rollback template start stop reset shutdown reboot suspend resume "
-    "sendkey vncproxy wait unlock disk enroll-efi-keys monitor guest mtunnel nbdstop terminal "
-    "importovf cleanup cloudinit import help".split()
-)
-PVE_ALIASES = {
-    "agent": "guest cmd", "importdisk": "disk import", "move-disk": "disk move",
-    "move_disk": "disk move", "rescan": "disk rescan", "resize": "disk resize",
-    "unlink": "disk unlink",
-}  # fmt: skip
-GUEST_COMMANDS = ("cmd", "passwd", "exec", "exec-status")
+def resolve(argv: list[str]) -> tuple[str, list[str]]:
+    """CLIHandler resolve_cmd + handle_cmd's aborts: the command's words and its arguments."""
+    found = cmddef.QM_CLI.command(argv)
+    return " ".join(found.words), found.rest
 
 
-def usage_all(prefix: str = "") -> str:
-    """print_usage_short: the USAGE line, a blank line, the (sub)commands' short usages."""
-    lines = [COMMANDS[k].spec.usage() for k in sorted(COMMANDS) if k.startswith(prefix)]
-    return "USAGE: qm <COMMAND> [ARGS] [OPTIONS]\n\n" + "".join(f"       {u}\n" for u in lines)
-
-
-def _expand(word: str, names: tuple[str, ...] | list[str]) -> str:
-    """CLIHandler $expand_command_name: exact, else the only command starting with it."""
-    if word in names or word in PVE_ALIASES:
-        return word
-    matches = [n for n in names if n.startswith(word)]
-    return matches[0] if len(matches) == 1 else word
-
-
-def resolve(argv: list[str]) -> tuple[Entry, list[str]]:
-    """Find the (sub)command; usage errors as PVE's CLIHandler prints them."""
-    if not argv:
-        raise UsageError("ERROR: no command specified\n" + usage_all())
-    word = _expand(argv[0], PVE_COMMANDS)
-    if word in PVE_ALIASES:
-        return resolve([*PVE_ALIASES[word].split(), *argv[1:]])
-    rest = argv[1:]
-    if word == "guest":
-        if not rest:
-            raise UsageError("ERROR: incomplete command 'qm guest'\n" + usage_all("guest "))
-        word, rest = f"guest {_expand(rest[0], GUEST_COMMANDS)}", rest[1:]
-    if word not in COMMANDS:
-        raise UsageError(f"ERROR: unknown command 'qm {word}'\n" + usage_all())
-    return COMMANDS[word], rest
+def _help(ctx: Context, args: list[str]) -> int:
+    """CLIHandler `help [<cmd>...]` (the short form; --verbose prints the full one)."""
+    if any(a.startswith("-") for a in args):
+        ctx.stderr.write("pvelab: `qm help --verbose` is not implemented by the lab's qm\n")
+        return 255
+    ctx.out(cmddef.QM_CLI.help(args))
+    return 0
 
 
 def run(ctx: Context, argv: list[str]) -> int:
     """Execute one qm command line; returns the exit code (output already written)."""
     try:
-        entry, rest = resolve(argv)
+        name, rest = resolve(argv)
+        if name == "help":
+            return _help(ctx, rest)
+        if name not in COMMANDS:  # a real command of PVE's qm the stand-in does not have
+            ctx.stderr.write(f"pvelab: `qm {name}` is not implemented by the lab's qm\n")
+            return 255
+        entry = COMMANDS[name]
         params = parse(entry.spec, rest)
     except UsageError as exc:
         ctx.stderr.write(str(exc))

@@ -79,9 +79,12 @@ class Context:
         return conf
 
     def assert_config_exists_on_node(self, vmid: int) -> None:
-        """The check behind stop/shutdown/reboot/wait: a different text from load_config's."""
+        """QemuConfig.pm assert_config_exists_on_node (stop/shutdown/reboot/wait): a different
+        text from load_config's; exit 2 where it ends qm, as its failed `-f` left ENOENT in $!."""
         if not cluster.on_node(self.paths, vmid, self.node):
-            raise QmError(f"unable to find configuration file for VM {vmid} on node '{self.node}'")
+            raise QmError(
+                f"unable to find configuration file for VM {vmid} on node '{self.node}'", rc=2
+            )
 
     @contextmanager
     def lock_config(self, vmid: int) -> Iterator[None]:

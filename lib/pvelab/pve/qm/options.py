@@ -50,6 +50,9 @@ class Option:
     max_length: int | None = None
     is_list: bool = False  # a `-list` format: repeatable (`=s@`), values joined with ","
     requires: str | None = None  # JSONSchema `requires`
+    # The CLI's param_mapping (RESTHandler cli_handler): the value given is replaced by this
+    # function's result after Getopt, before validation (`--sshkeys <file>`: the file's text).
+    mapping: Callable[[str], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,22 +88,37 @@ def param_error(cmd: Command, errors: Mapping[str, str]) -> UsageError:
     return UsageError(f"400 Parameter verification failed.\n{lines}{cmd.usage()}\n")
 
 
-def _lookup(cmd: Command, name: str) -> Option | None:
-    """Getopt::Long: case-insensitive, unique abbreviations allowed."""
+def _getopt_specs(cmd: Command) -> list[Option]:
+    """JSONSchema get_options: a Getopt spec for every schema property, the positional ones
+    too (`qm status --vmid 100` is an option; the positional assignment then needs its own)."""
+    positional = [Option(a, is_list=a == "extra-args") for a in cmd.args]
+    if cmd.extra_args:
+        positional.append(Option("extra-args", is_list=True))
+    return [*cmd.options, *positional]
+
+
+def _lookup(specs: list[Option], name: str) -> tuple[Option | None, str]:
+    """Getopt::Long: case-insensitive, unique abbreviations allowed; else the warning."""
     low = name.lower()
-    exact = [o for o in cmd.options if o.name.lower() == low]
+    exact = [o for o in specs if o.name.lower() == low]
     if exact:
-        return exact[0]
-    prefixed = [o for o in cmd.options if o.name.lower().startswith(low)]
-    return prefixed[0] if len(prefixed) == 1 else None
+        return exact[0], ""
+    hits = sorted(o.name for o in specs if o.name.lower().startswith(low))
+    if len(hits) == 1:
+        return next(o for o in specs if o.name == hits[0]), ""
+    if hits:
+        return None, f"Option {low} is ambiguous ({', '.join(hits)})\n"
+    return None, f"Unknown option: {low}\n"
 
 
 def _looks_like_option(arg: str) -> bool:
-    return arg.startswith("-") and arg != "-" and not re.fullmatch(r"-\d+", arg)
+    """Getopt prefix_pattern `(--|-)`: `-5` is an option named `5` too; `-` alone is not."""
+    return arg.startswith("-") and arg != "-"
 
 
 def _split_argv(cmd: Command, argv: list[str]) -> tuple[dict[str, str], list[str], str]:
     """Getopt::Long with permute: options anywhere until `--`. Returns opts, args, warnings."""
+    specs = _getopt_specs(cmd)
     opts: dict[str, str] = {}
     args: list[str] = []
     warnings = ""
@@ -114,17 +132,17 @@ def _split_argv(cmd: Command, argv: list[str]) -> tuple[dict[str, str], list[str
         if not _looks_like_option(arg):
             args.append(arg)
             continue
-        name, eq, value = arg.lstrip("-").partition("=")
-        option = _lookup(cmd, name)
+        name, eq, value = arg.removeprefix("-").removeprefix("-").partition("=")
+        option, warning = _lookup(specs, name)
         if option is None:
-            warnings += f"Unknown option: {name.lower()}\n"
+            warnings += warning
             continue
         if not eq:
-            if option.kind == "boolean":
-                if i < len(argv) and not _looks_like_option(argv[i]) and argv[i] != "--":
+            if option.kind == "boolean":  # `:s`: a following option or `--` is pushed back
+                if i < len(argv) and not _looks_like_option(argv[i]):
                     value = argv[i]
                     i += 1
-            elif i < len(argv):
+            elif i < len(argv):  # `=s` takes the next argument, whatever it is
                 value = argv[i]
                 i += 1
             else:
@@ -197,6 +215,10 @@ def parse(cmd: Command, argv: list[str]) -> dict[str, Any]:
     raw, args, warnings = _split_argv(cmd, argv)
     if warnings:
         raise UsageError(warnings + f"400 unable to parse option\n{cmd.usage()}\n")
+    if "extra-args" in raw and args:
+        raise usage_error(cmd, "internal error: extra-args must be the last argument")
+    for name in (*cmd.args, "extra-args"):  # the positional assignment overwrites, or fails
+        raw.pop(name, None)
     if len(args) < len(cmd.args):
         raise usage_error(cmd, "not enough arguments")
     positional = dict(zip(cmd.args, args, strict=False))
@@ -210,6 +232,9 @@ def parse(cmd: Command, argv: list[str]) -> dict[str, Any]:
             if flag is None:
                 raise usage_error(cmd, "unable to parse boolean option")
             raw[name] = "1" if flag else "0"
+    for name, value in raw.items():
+        if (mapping := by_name[name].mapping) is not None:
+            raw[name] = mapping(value)
     errors: dict[str, str] = {}
     for name, value in positional.items():
         if (error := _positional(cmd, name, value)) is not None:

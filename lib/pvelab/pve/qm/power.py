@@ -11,7 +11,7 @@ from typing import Any
 from pvelab.pve import accel, vmconf, vmstate
 from pvelab.pve.ha import qmbranch
 from pvelab.pve.qemu import qemu_command
-from pvelab.pve.qm import quorum, setconf
+from pvelab.pve.qm import cipending, quorum, setconf
 from pvelab.pve.qm.context import Context, QmError, check_lock
 from pvelab.pve.qmp import MonitorError
 from pvelab.pve.vmconf import VMConf, agent_enabled
@@ -46,6 +46,8 @@ def start(ctx: Context, p: dict[str, Any]) -> None:
         if conf.pending:  # left by a poweroff from inside the guest (`qm cleanup` path)
             setconf.apply_pending(conf)
             vmconf.write_conf(ctx.paths.conf(vmid), conf)
+        # The cloud-init data is computed, no ISO is built: the lab's QEMU gets no drive for it.
+        cipending.regenerate_at_start(ctx, vmid, conf, p.get("migratedfrom"))
         launch(ctx, vmid, conf, p.get("timeout"))
 
 
@@ -162,17 +164,23 @@ def stop(ctx: Context, p: dict[str, Any]) -> None:
         )  # fmt: skip
 
 
-def _paused_check(ctx: Context, vmid: int, force: bool) -> bool:
-    """vm_is_paused before the shutdown worker; returns whether to shut down (vs stop)."""
-    if not vmstate.running_pid(ctx.paths, vmid):
-        ctx.stderr.write(f"VM {vmid} not running\n\n")
-        return True
+def vm_is_paused(ctx: Context, vmid: int) -> bool:
+    """QS8 vm_is_paused($vmid, 1): `eval { assert_config_exists_on_node; mon_cmd(query-status) };
+    warn "$@\n" if $@` - every failure is a warning (its own newline plus warn's) on stderr."""
     try:
+        ctx.assert_config_exists_on_node(vmid)
+        if not vmstate.running_pid(ctx.paths, vmid):
+            raise QmError(f"VM {vmid} not running")  # Monitor.pm qmp_cmd
         status = ctx.qmp(vmid).command("query-status", timeout=5)["status"]
-    except (MonitorError, TypeError, KeyError) as exc:
+    except (QmError, MonitorError, TypeError, KeyError) as exc:
         ctx.stderr.write(f"{exc}\n\n")
-        return True
-    if status not in PAUSED_STATES:
+        return False
+    return status in PAUSED_STATES
+
+
+def _paused_check(ctx: Context, vmid: int, force: bool) -> bool:
+    """vm_shutdown's check before its worker; returns whether to shut down (vs stop)."""
+    if not vm_is_paused(ctx, vmid):
         return True
     if not force:
         raise QmError("VM is paused - cannot shutdown")
@@ -182,12 +190,12 @@ def _paused_check(ctx: Context, vmid: int, force: bool) -> bool:
 
 def shutdown(ctx: Context, p: dict[str, Any]) -> None:
     """`qm shutdown`: agent guest-shutdown if it answers, else ACPI; waits --timeout (60)."""
-    if qmbranch.shutdown(ctx, p, _paused_check):  # HA-managed: paused check, HA stop request
-        return
     vmid = p["vmid"]
-    ctx.assert_config_exists_on_node(vmid)
     force = bool(p.get("forceStop"))
-    graceful = _paused_check(ctx, vmid, force)
+    graceful = _paused_check(ctx, vmid, force)  # QS8 vm_shutdown: before the HA branch
+    if qmbranch.shutdown(ctx, p):  # HA-managed: the HA stop request
+        return
+    ctx.assert_config_exists_on_node(vmid)  # the worker's check_running
     with ctx.lock_config(vmid), shutdown_task_marker(ctx, vmid):
         do_vm_stop(
             ctx, vmid, skiplock=bool(p.get("skiplock")), timeout=p.get("timeout"),
@@ -202,22 +210,16 @@ def reboot(ctx: Context, p: dict[str, Any]) -> None:
     qmeventd, so the restart happens here, before `qm reboot` returns.
     """
     vmid = p["vmid"]
-    ctx.assert_config_exists_on_node(vmid)
-    if not _paused_check_quiet(ctx, vmid):
+    ctx.task = False  # QS8 vm_reboot before its fork_worker: plain dies
+    if vm_is_paused(ctx, vmid):  # its warnings first, then check_running's die
         raise QmError("VM is paused - cannot shutdown")
-    if not vmstate.running_pid(ctx.paths, vmid):
-        raise QmError(f"VM {vmid} not running")
+    ctx.assert_config_exists_on_node(vmid)
+    if not vmstate.running_pid(ctx.paths, vmid):  # exit 2: the pidfile's failed open (ENOENT)
+        raise QmError(f"VM {vmid} not running", rc=2)
+    ctx.task = True
     with ctx.lock_config(vmid):
         do_vm_stop(ctx, vmid, skiplock=False, timeout=p.get("timeout"), shutdown=True, force=False)
     start(ctx, {"vmid": vmid})
-
-
-def _paused_check_quiet(ctx: Context, vmid: int) -> bool:
-    try:
-        status = ctx.qmp(vmid).command("query-status", timeout=5)["status"]
-    except (MonitorError, TypeError, KeyError):
-        return True
-    return status not in PAUSED_STATES
 
 
 def wait(ctx: Context, p: dict[str, Any]) -> None:

@@ -7,10 +7,14 @@ parse_hotplug_features), `QemuServer/Memory.pm` ($memory_fmt) and pve-common 8.3
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 
-from pvelab.pve.qm.options import Option, check_value
+from pvelab.pve.qm.options import Option, UsageError, check_value
 from pvelab.pve.qm.version import flavour
 from pvelab.pve.vmconf import parse_boolean
 
@@ -129,6 +133,8 @@ def property_string(
                 val = val if flag is None else str(int(flag))
             res[key] = val
         elif "=" not in part:
+            if not default_key:
+                raise ValueError("value without key, but schema does not define a default key\n")
             if res.get(default_key):
                 raise ValueError(f"duplicate key in comma-separated list property: {default_key}\n")
             res[default_key] = part
@@ -139,6 +145,9 @@ def property_string(
         for k, v in res.items()
         if (error := check_value(keys[k], v)) is not None
     }
+    for k in res:  # check_object: `requires` names another key of the same string
+        if (needed := keys[k].requires) is not None and needed not in res:
+            errors[f"{path}.{needed}"] = f"missing property - '{path}.{k}' requires this property"
     if errors:
         raise ValueError("format error\n" + "".join(f"{k}: {errors[k]}\n" for k in sorted(errors)))
     return res
@@ -170,6 +179,102 @@ def _formatted(parse: Callable[[str], object]) -> Callable[[str], str | None]:
 
 MEMORY_FMT = (Option("current", "integer", minimum=16),)
 
+# --- cloud-init keys (QS8 QemuServer.pm $confdesc_cloudinit, $ipconfig_fmt, $cicustom_fmt) ----
+
+_IPV4_OCTET = r"(?:25[0-5]|(?:2[0-4]|1[0-9]|[1-9])?[0-9])"
+_IPV4_RE = re.compile(rf"(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}")
+_VOLUME_ID_RE = re.compile(r"[a-z][a-z0-9\-_.]*[a-z0-9]:.+", re.IGNORECASE | re.DOTALL)
+_URLENCODED_RE = re.compile(r"[-%a-zA-Z0-9_.!~*'()]*")
+CITYPES = ("configdrive2", "nocloud", "opennebula")
+MAX_NETS = 32
+
+
+def is_ipv4(text: str) -> bool:
+    """pve-common Tools.pm $IPV4RE."""
+    return _IPV4_RE.fullmatch(text) is not None
+
+
+def is_ipv6(text: str) -> bool:
+    """$IPV6RE (no zone index), via the standard library's parser."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return "%" not in text
+
+
+def _cidr(text: str, is_ip: Callable[[str], bool], bits: int) -> bool:
+    """pve_verify_cidrv4/v6: an address and a prefix above 7."""
+    addr, slash, prefix = text.partition("/")
+    return bool(slash) and prefix.isdigit() and 7 < int(prefix) <= bits and is_ip(addr)
+
+
+def _format(test: Callable[[str], bool], message: str) -> Callable[[str], str | None]:
+    return lambda value: None if test(value) else f"invalid format - {message}\n"
+
+
+IPCONFIG_FMT = (
+    Option("ip", check=_format(
+        lambda v: v in ("dhcp", "manual") or _cidr(v, is_ipv4, 32),
+        "value does not look like a valid ipv4 network configuration")),
+    Option("gw", check=_format(is_ipv4, "value does not look like a valid IPv4 address"),
+           requires="ip"),
+    Option("ip6", check=_format(
+        lambda v: v in ("auto", "dhcp", "manual") or _cidr(v, is_ipv6, 128),
+        "value does not look like a valid ipv6 network configuration")),
+    Option("gw6", check=_format(is_ipv6, "value does not look like a valid IPv6 address"),
+           requires="ip6"),
+)  # fmt: skip
+CICUSTOM_FMT = tuple(
+    Option(key, check=lambda v: None if _VOLUME_ID_RE.fullmatch(v) else
+           f"invalid format - unable to parse volume ID '{v}'\n")
+    for key in ("meta", "network", "user", "vendor")
+)  # fmt: skip
+
+
+def parse_ipconfig(key: str, value: str) -> dict[str, str]:
+    """The `ipconfigN` property string; ValueError with PVE's text."""
+    return property_string(key, value, IPCONFIG_FMT, "")
+
+
+def address_list_error(value: str) -> str | None:
+    """Format `address-list` (nameserver): split_list, each an IP or a DNS name."""
+    for item in split_list(value):
+        if not (is_ipv4(item) or is_ipv6(item) or _DNS_RE.fullmatch(item)):
+            return f"invalid format - value does not look like a valid address: {item}\n"
+    return None
+
+
+def urlencoded_error(value: str) -> str | None:
+    """Format `urlencoded` (sshkeys)."""
+    if not _URLENCODED_RE.fullmatch(value):
+        return f"invalid format - invalid urlencoded string: {value}\n"
+    return None
+
+
+def read_sshkeys(path: str) -> str:
+    """qm.pm param_mapping `sshkeys`: the CLI takes a file, the API its uri_escape'd text."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"can't open '{path}' - {exc.strerror}\n") from exc
+    return urllib.parse.quote(data, safe="")
+
+
+CLOUDINIT_OPTIONS: tuple[Option, ...] = (
+    Option("cicustom", check=_formatted(
+        lambda v: property_string("cicustom", v, CICUSTOM_FMT, ""))),
+    Option("cipassword"),
+    Option("citype", enum=CITYPES),
+    Option("ciupgrade", "boolean"),
+    Option("ciuser"),
+    *(Option(f"ipconfig{n}", check=_formatted(functools.partial(parse_ipconfig, f"ipconfig{n}")))
+      for n in range(MAX_NETS)),
+    Option("nameserver", check=address_list_error, is_list=True),
+    Option("searchdomain"),
+    Option("sshkeys", check=urlencoded_error, mapping=read_sshkeys),
+)  # fmt: skip
+
 # The `qm set` keys the lab takes (the rest of $confdesc exists for --delete/--revert only).
 SET_OPTIONS: tuple[Option, ...] = (
     Option("agent", check=_formatted(parse_agent)),
@@ -186,4 +291,5 @@ SET_OPTIONS: tuple[Option, ...] = (
     Option("protection", "boolean"),
     Option("sockets", "integer", minimum=1),
     Option("tags", check=tag_list_error, is_list=True),
+    *CLOUDINIT_OPTIONS,
 )

@@ -1,7 +1,8 @@
 """`qm set` and `qm pending`: PVE's update_vm_api, hotplug of pending changes, format_pending.
 
 Sources: qemu-server 8.4 `API2/Qemu.pm` ($update_vm_api, vm_pending), `QemuServer.pm`
-(vmconfig_hotplug_pending, vmconfig_apply_pending, vmconfig_update_agent, $fast_plug_option),
+(vmconfig_hotplug_pending with its cloud-init records, vmconfig_apply_pending,
+vmconfig_update_agent, $fast_plug_option),
 pve-guest-common `AbstractConfig.pm` (pending delete helpers, cleanup_pending) and
 `GuestHelpers.pm` (format_pending).
 """
@@ -10,21 +11,46 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from typing import Any
 
-from pvelab.pve import vmconf, vmstate
-from pvelab.pve.qm import quorum, schema
+from pvelab.pve import pwcrypt, vmconf, vmstate
+from pvelab.pve.qm import cipending, cloudinit, confdesc, quorum, schema
 from pvelab.pve.qm.context import Context, QmError, check_lock
 from pvelab.pve.qm.options import ParamErrors
 from pvelab.pve.vmconf import VMConf
 
-# QS8 QemuServer.pm $fast_plug_option (+ the cloud-init keys): applied even while running.
+# QS8 QemuServer.pm $fast_plug_option (+ every $confdesc_cloudinit key): applied while running.
 FAST_PLUG = frozenset(
     "description hookscript lock migrate_downtime migrate_speed name onboot protection shares "
-    "startup tags vmstatestorage citype ciuser cipassword ciupgrade cicustom searchdomain "
-    "nameserver sshkeys".split()
+    "startup tags vmstatestorage".split()
 )
-SET_KEYS = tuple(o.name for o in schema.SET_OPTIONS)
+
+
+def is_fast_plug(key: str) -> bool:
+    return key in FAST_PLUG or cipending.is_cloudinit_key(key)
+
+
+SET_KEYS = tuple(o.name for o in (*schema.SET_OPTIONS, *confdesc.SET_OPTIONS))
+
+
+def _current_memory(value: str | None) -> int:
+    """Memory.pm get_current_memory: `current` of the property string, default 512 MiB."""
+    if not value:
+        return 512
+    return int(schema.property_string("memory", value, schema.MEMORY_FMT, "current")["current"])
+
+
+def check_balloon(conf: VMConf, params: dict[str, str]) -> None:
+    """update_vm_api, in the locked update: `balloon` may not exceed the memory."""
+    if not params.get("memory") and "balloon" not in params:
+        return
+    maxmem = _current_memory(
+        params.get("memory") or conf.pending.get("memory") or conf.main.get("memory")
+    )
+    balloon = params.get("balloon") or conf.pending.get("balloon") or conf.main.get("balloon")
+    if balloon and int(balloon) > maxmem:
+        raise QmError("balloon value too large (must be smaller than assigned memory)")
 
 
 # --- [PENDING] bookkeeping (AbstractConfig.pm) ----------------------------------------------
@@ -120,14 +146,16 @@ def hotplug_pending(conf: VMConf, selection: set[str]) -> None:
     The lab's QEMU cannot hotplug memory or CPUs, so with `memory`/`cpu` in `hotplug` those
     stay pending here (PVE would plug DIMMs/vCPUs); every other key the lab sets behaves as PVE.
     """
-    for key in [k for k in conf.pending if k in FAST_PLUG]:
-        conf.main[key] = conf.pending.pop(key)
+    for key in [k for k in conf.pending if is_fast_plug(k)]:
+        new = conf.pending.pop(key)
+        cipending.record_changed(conf, key, conf.main.get(key), new)
+        conf.main[key] = new
     current_hotplug = conf.main.get("hotplug", "")
     for key in sorted(pending_deletes(conf)):
         if key not in selection:
             continue
-        if key in FAST_PLUG or (key == "hotplug" and not re.search("cpu|memory", current_hotplug)):
-            conf.main.pop(key, None)
+        if is_fast_plug(key) or (key == "hotplug" and not re.search("cpu|memory", current_hotplug)):
+            cipending.record_changed(conf, key, conf.main.pop(key, None), None)
             remove_from_pending_delete(conf, key)
     for key in [k for k in conf.pending if k != "delete" and k in selection]:
         value = conf.pending[key]
@@ -136,6 +164,7 @@ def hotplug_pending(conf: VMConf, selection: set[str]) -> None:
         else:
             plugged = key == "agent" and _agent_hotpluggable(conf.main.get("agent"), value)
         if plugged:
+            cipending.record_changed(conf, key, conf.main.get(key), value)
             conf.main[key] = conf.pending.pop(key)
 
 
@@ -192,6 +221,10 @@ def set_(ctx: Context, p: dict[str, Any]) -> None:
     reverts = schema.split_list(p.get("revert", ""))
     if not deletes and not reverts and not params:
         raise QmError("no options specified")
+    if disks := sorted(confdesc.DISK_KEYS & set(params)):
+        raise QmError(f"pvelab: disk keys ({', '.join(disks)}) are not implemented by `qm set`")
+    if params.get("vmgenid") == "1":  # update_vm_api: `1` asks for a new UUID
+        params["vmgenid"] = str(uuid.uuid4())
     _check_delete_revert(params, deletes, reverts)
     with ctx.lock_config(vmid):
         conf = ctx.load(vmid)
@@ -204,16 +237,20 @@ def set_(ctx: Context, p: dict[str, Any]) -> None:
                 params[opt] = conf.main[opt]
             elif opt in conf.pending:
                 deletes.append(opt)
+        check_balloon(conf, params)
         ctx.out(update_line(vmid, p))
         modified = _write_pending(ctx, conf, params, deletes, bool(p.get("force")))
         cleanup_pending(conf)
-        if conf.pending:
-            if vmstate.running_pid(ctx.paths, vmid):
-                hotplug_pending(conf, modified)
-            else:
-                apply_pending(conf)
+        hotplugged = bool(conf.pending) and vmstate.running_pid(ctx.paths, vmid) is not None
+        if hotplugged:
+            hotplug_pending(conf, modified)
+        elif conf.pending:
+            apply_pending(conf)
+        cipending.prune(conf)
         quorum.check_config_writable(ctx, vmid)
         vmconf.write_conf(ctx.paths.conf(vmid), conf)
+        if hotplugged and "cloudinit" in _features(conf) and cipending.has_changes(conf):
+            cipending.update_drive(ctx, vmid, conf)
 
 
 def _write_pending(
@@ -235,6 +272,13 @@ def _write_pending(
     for opt, value in params.items():
         modified.add(opt)
         if conf.pending.get(opt) == value:
+            continue
+        if opt == "cipassword":  # straight into the current config, hashed for non-Windows
+            if not cloudinit.is_windows(conf.main.get("ostype")):
+                if not pwcrypt.HASHED_RE.match(value):
+                    value = pwcrypt.encrypt_pw(value)
+            conf.main[opt] = value
+            remove_from_pending_delete(conf, opt)
             continue
         if opt == "tags":  # GuestHelpers::get_unique_tags (default tag-style: sorted, lower case)
             value = ";".join(sorted({t.lower() for t in schema.split_list(value)}))
