@@ -180,5 +180,5 @@ def test_verify_warns_about_old_snapshots_and_changes_none(slab, first, tmp_path
     assert f"WARNING: snapshot {name} is" in run.output
     assert f"qm delsnapshot 101 {name}" in run.output
     verbs = {c["argv"][0] for c in slab.qm_log()[mark:]}
-    assert verbs <= {"status", "config", "guest", "listsnapshot"}, verbs
+    assert verbs <= {"status", "config", "guest", "listsnapshot", "pending"}, verbs
     assert snapshots(slab, PBS[1]) == [name]

@@ -6,7 +6,9 @@ One patch run over four VMs, each with its own condition (faults and lab command
 - grafana was migrated to pve2 (fault migrated): refused, the message names pve2;
 - ca has a pending config change (qm set --cores 2 while it runs): shown and refused, the
   change stays pending;
-- pihole-backup's newest backup is 3 days old (--max-backup-age 24h): refused.
+- pihole-backup's newest backup is 3 days old (--max-backup-age 24h): refused;
+- pihole's cloud-init config changed since its guest was set up (fault cloudinit-changed): the
+  new instance-id its restart would bring (new SSH host keys) is reported, nothing is touched.
 Then a run without quorum (fault no-quorum) sends no mutating command at all, and a verify
 run against the stand-in playing PVE 9 (PVELAB_PVE_VERSION=9: PVE 9's texts) passes.
 
@@ -30,6 +32,7 @@ from pvepatch_runner import calls_of, run_pvepatch
 
 pytestmark = pytest.mark.lab
 PBS, GRAFANA, CA, BACKUP = ("pbs", 101), ("grafana", 105), ("ca", 104), ("pihole-backup", 103)
+PIHOLE = ("pihole", 102)
 MUTATING = {"set", "shutdown", "stop", "start", "snapshot", "rollback", "delsnapshot", "migrate"}
 
 
@@ -50,10 +53,13 @@ def clab(lab: Lab) -> Lab:
     if cluster.vm_node(lab.paths, GRAFANA[1]) == "pve":
         lab.fault("migrated", GRAFANA[0])
     assert lab.qm("set", CA[1], "--cores", "2").ok
+    if "cloudinit" not in lab.qm("config", PIHOLE[1]).stdout:
+        lab.fault("cloudinit-changed", PIHOLE[0])
     for vm, age in (
         (PBS, timedelta(hours=2)),
         (CA, timedelta(hours=1)),
         (BACKUP, timedelta(days=3)),
+        (PIHOLE, timedelta(hours=3)),
     ):
         backups.create(lab.paths, vm[1], now - age)
     yield lab
@@ -70,7 +76,7 @@ def first(clab: Lab, tmp_path_factory) -> SimpleNamespace:
         "-m",
         "patch",
         "--limit",
-        "pbs,grafana,ca,pihole-backup",
+        "pbs,grafana,ca,pihole-backup,pihole",
         "--max-backup-age",
         "24h",
         workdir=tmp_path_factory.mktemp("cluster1"),
@@ -123,6 +129,19 @@ def test_the_stale_backup_is_refused(first):
         rf"backup \(local:backup/vzdump-qemu-{vmid}-[0-9_-]+\.vma\.zst\) is 3 d old",
         first.run.output,
     ), first.run.output[-4000:]
+
+
+def test_a_new_cloud_init_instance_id_is_reported_before_the_restart(clab, first):
+    vm, vmid = PIHOLE
+    _, guest_id, _ = clab.guest_run(vm, "cat /var/lib/cloud/data/instance-id")
+    meta = clab.qm("cloudinit", "dump", vmid, "meta").stdout
+    next_id = re.search(r"instance-id: (\S+)", meta).group(1)  # type: ignore[union-attr]
+    assert next_id != guest_id.strip()
+    assert (
+        f"{vm} (VM {vmid} on pve): FAILED (preflight: test_cloud_init_instance_id_stays: its "
+        "restart would give it a new cloud-init instance-id: its cloud-init config changed since "
+        f"the guest was set up (instance-id {guest_id.strip()} now, {next_id} after a restart)"
+    ) in first.run.output, first.run.output[-4000:]
 
 
 def test_only_the_ha_vm_got_mutating_commands(first):
