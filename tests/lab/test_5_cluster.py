@@ -52,7 +52,8 @@ def clab(lab: Lab) -> Lab:
         lab.fault("ha-managed", PBS[0])
     if cluster.vm_node(lab.paths, GRAFANA[1]) == "pve":
         lab.fault("migrated", GRAFANA[0])
-    assert lab.qm("set", CA[1], "--cores", "2").ok
+    cores = int(lab.qm("config", CA[1], "--current").stdout.split("cores: ")[1].split()[0])
+    assert lab.qm("set", CA[1], "--cores", str(cores + 1)).ok  # stays pending while it runs
     if "cloudinit" not in lab.qm("config", PIHOLE[1]).stdout:
         lab.fault("cloudinit-changed", PIHOLE[0])
     for vm, age in (
@@ -114,12 +115,15 @@ def test_the_migrated_vm_is_refused_naming_its_node(first):
 
 def test_the_pending_change_is_shown_and_not_applied(clab, first):
     vm, vmid = CA
+    pending = clab.qm("pending", vmid).stdout  # still pending: it was not restarted
+    cur, new = (re.search(rf"^{kind} cores: (\d+)$", pending, re.M) for kind in ("cur", "new"))
+    assert cur and new, pending
     assert re.search(
         rf"{vm} \(VM {vmid} on pve\): FAILED \(preflight: test_no_pending_config_changes: its "
-        r"Proxmox config has pending changes pvepatch did not make \(cores: 1 -> 2\)",
+        r"Proxmox config has pending changes pvepatch did not make "
+        rf"\(cores: {cur.group(1)} -> {new.group(1)}\)",
         first.run.output,
     ), first.run.output[-4000:]
-    assert "new cores: 2" in clab.qm("pending", vmid).stdout  # still pending: not restarted
 
 
 def test_the_stale_backup_is_refused(first):
