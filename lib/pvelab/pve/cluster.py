@@ -11,9 +11,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pvelab.paths import LabPaths
@@ -159,3 +161,13 @@ def members(paths: LabPaths, local: str) -> list[Node]:
     if quorate(paths):
         return list(NODES)
     return [n for n in NODES if n.name == local]
+
+
+def command_line(argv: list[str] | None) -> tuple[LabPaths, str, list[str]]:
+    """A stand-in command's `[--lab DIR] <args...>`: the lab, the node it runs on
+    ($PVELAB_NODE, set by the node's wrapper) and its own arguments."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    paths = LabPaths.default()
+    if args[:1] == ["--lab"] and len(args) > 1:
+        paths, args = LabPaths(Path(args[1]).resolve()), args[2:]
+    return paths, os.environ.get("PVELAB_NODE") or FIRST_NODE, args

@@ -10,10 +10,8 @@ from corosync.conf's totem section, then execs `corosync-quorumtool -siH`; `pvec
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 from typing import TextIO
 
 from pvelab.paths import LabPaths
@@ -133,11 +131,7 @@ def run(paths: LabPaths, local: str, argv: list[str], out: TextIO, err: TextIO) 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: `[--lab DIR] <pvecm args...>`; the node is $PVELAB_NODE (set by the wrapper)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    paths = LabPaths.default()
-    if args[:1] == ["--lab"] and len(args) > 1:
-        paths, args = LabPaths(Path(args[1]).resolve()), args[2:]
-    local = os.environ.get("PVELAB_NODE") or cluster.FIRST_NODE
+    paths, local, args = cluster.command_line(argv)
     return run(paths, local, args, sys.stdout, sys.stderr)
 
 

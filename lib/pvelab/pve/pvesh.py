@@ -8,12 +8,10 @@ are answered here rather than proxied over SSH: every lab node reads the same fi
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
@@ -236,11 +234,7 @@ def run(paths: LabPaths, local: str, argv: list[str], out: TextIO, err: TextIO) 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: `[--lab DIR] <pvesh args...>`; the node is $PVELAB_NODE (set by the wrapper)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    paths = LabPaths.default()
-    if args[:1] == ["--lab"] and len(args) > 1:
-        paths, args = LabPaths(Path(args[1]).resolve()), args[2:]
-    local = os.environ.get("PVELAB_NODE") or cluster.FIRST_NODE
+    paths, local, args = cluster.command_line(argv)
     return run(paths, local, args, sys.stdout, sys.stderr)
 
 

@@ -7,12 +7,12 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 from pvelab.paths import LabPaths
 from pvelab.pve import clihandler, cluster
 from pvelab.pve.clihandler import Alias, Def
+from pvelab.pve.cluster import command_line
 from pvelab.pve.ha import config, nodes, status
 from pvelab.pve.ha.config import HAError
 from pvelab.pve.qm.options import Command, Option, UsageError, parse
@@ -227,8 +227,5 @@ def run(paths: LabPaths, argv: list[str], io: Io) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: `[--lab DIR] <ha-manager args...>`."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    paths = LabPaths.default()
-    if args[:1] == ["--lab"] and len(args) > 1:
-        paths, args = LabPaths(Path(args[1]).resolve()), args[2:]
+    paths, _, args = command_line(argv)
     return run(paths, args, Io(sys.stdout, sys.stderr))
