@@ -35,9 +35,9 @@ KERNEL, INITRD = Path("/cache/abc/vmlinuz"), Path("/cache/abc/initrd.img")
 
 # A small config and its texts, typed from cloudinit_userdata and nocloud_network.
 SMALL = {
-    "name": "t1", "ciuser": "root", "ciupgrade": "0", "nameserver": "10.0.0.53",
+    "name": "t1", "ciuser": "root", "ciupgrade": "0", "nameserver": "192.0.2.53",
     "searchdomain": "lab", "net0": f"virtio={MAC},bridge=vmbr0",
-    "ipconfig0": "ip=10.0.0.5/24,gw=10.0.0.1",
+    "ipconfig0": "ip=192.0.2.5/24,gw=192.0.2.1",
 }  # fmt: skip
 SMALL_USER = (
     "#cloud-config\nhostname: t1\nmanage_etc_hosts: true\nfqdn: t1.lab\nuser: root\n"
@@ -46,11 +46,11 @@ SMALL_USER = (
 SMALL_NETWORK = (
     "version: 1\nconfig:\n"
     "    - type: physical\n      name: eth0\n      mac_address: 'bc:24:11:00:01:01'\n"
-    "      subnets:\n      - type: static\n        address: '10.0.0.5'\n"
-    "        netmask: '255.255.255.0'\n        gateway: '10.0.0.1'\n"
-    "    - type: nameserver\n      address:\n      - '10.0.0.53'\n      search:\n      - 'lab'\n"
+    "      subnets:\n      - type: static\n        address: '192.0.2.5'\n"
+    "        netmask: '255.255.255.0'\n        gateway: '192.0.2.1'\n"
+    "    - type: nameserver\n      address:\n      - '192.0.2.53'\n      search:\n      - 'lab'\n"
 )
-SMALL_SHA1 = "ae07d2199926b24ef7ac8d09c9a9623b6c97389e"
+SMALL_SHA1 = "1f12f4c23e5b0e0b2dfaa58237201992158b6ca4"
 # CI_CONF's data with the node's resolv.conf pinned to `nameserver 10.255.255.53`.
 CI_CONF_SHA1 = "b97ba72dfe6e0e1de6c8057aeaed2ac43fbbe547"
 
@@ -165,7 +165,7 @@ def test_interfaces_in_string_order_and_only_with_ipconfig() -> None:
 def test_gateway_with_dhcp_warns_and_the_interface_gets_no_subnet() -> None:
     # parse_ipconfig: warn 'gateway specified together with DHCP'; return (undef)
     warnings: list[str] = []
-    conf = {"net0": f"virtio={MAC}", "ipconfig0": "ip=dhcp,gw=10.0.0.1"}
+    conf = {"net0": f"virtio={MAC}", "ipconfig0": "ip=dhcp,gw=192.0.2.1"}
     text = cloudinit.nocloud_network(conf, warnings.append)
     assert "      subnets:\n    - type: nameserver\n" in text
     assert warnings == ["gateway specified together with DHCP"]
@@ -176,9 +176,9 @@ def test_configdrive2_network_and_uuid_metadata() -> None:
     conf = {**SMALL, "citype": "configdrive2"}
     network = cloudinit.dump_config(conf, 101, "network")
     assert network == (
-        "auto lo\niface lo inet loopback\n\n        dns_nameservers 10.0.0.53\n"
-        "        dns_search lab\nauto eth0\niface eth0 inet static\n        address 10.0.0.5\n"
-        "        netmask 255.255.255.0\n        gateway 10.0.0.1\n"
+        "auto lo\niface lo inet loopback\n\n        dns_nameservers 192.0.2.53\n"
+        "        dns_search lab\nauto eth0\niface eth0 inet static\n        address 192.0.2.5\n"
+        "        netmask 255.255.255.0\n        gateway 192.0.2.1\n"
     )
     uuid = cloudinit.sha1_hex(SMALL_USER, network)
     assert uuid != SMALL_SHA1
@@ -405,10 +405,10 @@ def test_sshkeys_take_a_file_and_are_stored_uri_escaped(
 @pytest.mark.parametrize(
     ("argv", "error"),
     [
-        (["--ipconfig0", "gw=10.0.0.1"],  # $ipconfig_fmt gw: requires => 'ip'
+        (["--ipconfig0", "gw=192.0.2.1"],  # $ipconfig_fmt gw: requires => 'ip'
          "ipconfig0: invalid format - format error\n"
          "ipconfig0.ip: missing property - 'ipconfig0.gw' requires this property\n\n"),
-        (["--ipconfig1", "ip=10.0.0.1"],  # pve-ipv4-config: CIDR, dhcp or manual
+        (["--ipconfig1", "ip=192.0.2.1"],  # pve-ipv4-config: CIDR, dhcp or manual
          "ipconfig1: invalid format - format error\nipconfig1.ip: invalid format - "
          "value does not look like a valid ipv4 network configuration\n\n\n"),
         (["--ipconfig0", "dhcp"],  # no default key in $ipconfig_fmt
