@@ -19,7 +19,7 @@ import yaml
 from pvelab.paths import LabPaths
 from pvelab.pve import api, cluster
 from pvelab.pve.clihandler import CLI, Def
-from pvelab.pve.qm.formats import perl_json, perl_number
+from pvelab.pve.qm.formats import perl_json, perl_scalar
 from pvelab.pve.qm.options import UsageError
 
 USAGE = "pvesh get <api_path> [OPTIONS] [FORMAT_OPTIONS]"
@@ -158,13 +158,7 @@ def perl_compact_json(value: Any) -> str:
         return "{" + ",".join(items) + "}"
     if isinstance(value, list | tuple):
         return "[" + ",".join(perl_compact_json(v) for v in value) + "]"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return perl_number(value)
-    return json.dumps(str(value), ensure_ascii=False)
+    return perl_scalar(value)
 
 
 def render(data: Any, fmt: str) -> str:

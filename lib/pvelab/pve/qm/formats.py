@@ -37,6 +37,11 @@ def perl_json(value: Any, level: int = 0) -> str:
             return "[]"
         items = [f"{inner}{perl_json(v, level + 1)}" for v in value]
         return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    return perl_scalar(value)
+
+
+def perl_scalar(value: Any) -> str:
+    """A JSON leaf as PVE's Perl JSON prints it: null, true/false, a number, else a string."""
     if value is None:
         return "null"
     if isinstance(value, bool):
