@@ -21,11 +21,14 @@ def test_boot_id_changed(restart):
 
 
 def test_qemu_process_replaced(restart):
+    """A new QEMU process on the VM's own node: one on another node is a migration."""
+    assert not restart.migrated(), restart.migrated()
     assert restart.after.qemu_pid and restart.after.qemu_pid != restart.before.qemu_pid
 
 
 def test_started_exactly_once(restart):
     """QEMU's uptime matches our one start: not older (no restart), not younger (a second one)."""
+    assert not restart.migrated(), restart.migrated()
     after = restart.after
     since_sent = after.at - restart.times["start_sent"]
     since_started = after.at - restart.times["started"]

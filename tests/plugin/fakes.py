@@ -81,8 +81,12 @@ class FakeVM:
     pending_at_stop: dict[str, str] = field(default_factory=dict)
     # what an admin does to it while its dist-upgrade runs (a config edit, a migration)
     during_update: dict[str, object] = field(default_factory=dict)
+    # a live migration to this node right after its agent first answers following a start
+    migrate_after_start: str | None = None
+    starts: int = 0  # `qm start`s carried out
 
     def boot(self) -> None:
+        self.starts += 1
         self.running = True
         self.boot_id = str(uuid.uuid4())
         self.pid += 1
@@ -379,6 +383,10 @@ class FakeFleet:
                 return _ok("", 2, "QEMU guest agent is not running\n")
             if words[4] == "get-host-name":
                 return _ok(f'{{\n   "host-name" : "{vm.agent_name or vm.name}"\n}}\n')
+            if vm.migrate_after_start and vm.starts:  # live: new QEMU there, same guest boot
+                vm.node, vm.migrate_after_start = vm.migrate_after_start, None
+                vm.pid += 1
+                vm.started_at = time.time()
             return _ok("")
         if verb == "set":
             if vm.lock and "--skiplock" not in words:

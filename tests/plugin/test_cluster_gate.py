@@ -109,6 +109,35 @@ def test_a_vm_migrated_during_its_update_is_not_shut_down(pytester, fleet):
     result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED (restart:*on node 'pve2'*"])
 
 
+def test_a_vm_migrated_after_its_restart_is_not_taken_as_restarted_by_its_new_qemu(pytester, fleet):
+    """A live migration right after the restart: a new QEMU pid and uptime on pve2, the same
+    guest boot. The boot id proves the restart; the QEMU process there proves nothing, and the
+    proof says it is a migration rather than comparing pids or uptimes across nodes."""
+    pbs = fleet.vms["pbs"]
+    pbs.migrate_after_start = "pve2"
+    result = run(pytester, fleet, "-m", "patch", "--junitxml", "junit.xml", "-rA")
+    assert result.ret == 1
+    assert pbs.node == "pve2" and pbs.starts == 1
+    result.stdout.fnmatch_lines(["PASSED *::test_boot_id_changed[[]pbs[]]"])
+    assert not [c for _, c in fleet.commands if re.match(r"qm (shutdown|stop|start) 101", c)][2:]
+    result.stdout.no_fnmatch_line("FAILED *test_boot_id_changed*")
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED *::test_qemu_process_replaced[[]pbs[]]*",
+            "FAILED *::test_started_exactly_once[[]pbs[]]*",
+        ]
+    )
+    out = result.stdout.str()
+    assert out.count("VM is on node 'pve2' now, not on 'pve' where this run restarted it") >= 2
+    assert "a migration, not a restart" in out
+    assert "QEMU uptime" not in out  # no uptime compared across nodes
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="qemu_node_before" value="pve"' in junit
+    assert 'name="qemu_node_after" value="pve2"' in junit
+    for other in set(fleet.vms) - {"pbs"}:
+        assert f"{other} (VM {fleet.vms[other].vmid} on pve): ok" in out
+
+
 def verbs(fleet, vmid):
     return [c.split()[1] for _, c in fleet.commands if re.match(rf"qm \w+ {vmid}\b", c)]
 

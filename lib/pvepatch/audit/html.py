@@ -144,6 +144,7 @@ def _identity_table(vm: dict[str, Any]) -> str:
         ("boot_id", vm.get("boot_id_before"), vm.get("boot_id_after")),
         ("boot_id around apt", vm.get("boot_id_before_patch"), vm.get("boot_id_after_patch")),
         ("QEMU pid", vm.get("qemu_pid_before"), vm.get("qemu_pid_after")),
+        ("QEMU on node", vm.get("qemu_node_before"), vm.get("qemu_node_after")),
     ]
     agent = vm.get("agent")
     if agent:

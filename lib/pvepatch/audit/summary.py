@@ -130,6 +130,8 @@ def vm_facts(record: VMRecord) -> dict[str, Any]:
         "boot_id_after_patch": apt.boot_id_after if apt else None,
         "qemu_pid_before": before.qemu_pid if before else None,
         "qemu_pid_after": after.qemu_pid if after else None,
+        "qemu_node_before": before.node if before else None,
+        "qemu_node_after": after.node if after else None,
         "hostname": record.binding.ssh_hostname if record.binding else None,
         "binding": dataclasses.asdict(record.binding) if record.binding else None,
         "cluster": dataclasses.asdict(record.cluster) if record.cluster else None,
@@ -151,7 +153,8 @@ def junit_properties(record: VMRecord) -> list[tuple[str, str]]:
     props = [("verdict", facts["record_verdict"]), ("reason", facts["record_reason"])]
     for key in (
         "vmid", "proxmox_host", "kernel_before", "kernel_after", "boot_id_before",
-        "boot_id_after", "qemu_pid_before", "qemu_pid_after", "reboot_required",
+        "boot_id_after", "qemu_pid_before", "qemu_pid_after", "qemu_node_before",
+        "qemu_node_after", "reboot_required",
     ):  # fmt: skip
         if facts.get(key) is not None:
             props.append((key, str(facts[key])))

@@ -330,11 +330,17 @@ class VMCycle(Asking):
         return self.record.snapshots
 
     def identity(self) -> Identity:
-        """The guest's boot and kernel, the hypervisor's QEMU process and its uptime, now. The
-        uptime is read fresh and `at` is when it was read: an answer asked ahead may be seconds
-        old, and the restart proof compares the uptime with the time since our start."""
-        guest = self.guest()
+        """The guest's boot and kernel, the node the cluster has the VM on, the hypervisor's
+        QEMU process and its uptime, now. The uptime is read fresh and `at` is when it was
+        read: an answer asked ahead may be seconds old, and the restart proof compares the
+        uptime with the time since our start. A VM on another node than its inventory's (it
+        was migrated) has no QEMU process here: pid and uptime stay None."""
+        guest, qm = self.guest(), self.qm()
         boot_id, kernel = guest.boot_id(), guest.kernel()
+        where = qm.resource()
+        node = where.node if where else None
         self._asked.clear()
-        status = self.qm().run_status()
-        return Identity(boot_id, kernel, status.pid, status.uptime, at=time.time())
+        if node != self.target.proxmox.node:
+            return Identity(boot_id, kernel, at=time.time(), node=node)
+        status = qm.run_status()
+        return Identity(boot_id, kernel, status.pid, status.uptime, at=time.time(), node=node)

@@ -119,7 +119,9 @@ def verify(target: Target) -> Questions:
     guest = Guest.asked("answers", "virtio_port", "agent_service", "boot_id", "kernel")
     if target.pihole is not None:
         guest.append(service_question(target.pihole.service))
-    return Questions(guest, Qm.asked(target.vmid, "agent_ping", "status", "run_status"))
+    return Questions(
+        guest, Qm.asked(target.vmid, "agent_ping", "status", "resources", "run_status")
+    )
 
 
 class Asking:

@@ -27,6 +27,7 @@ class Identity:
     qemu_pid: int | None = None
     qemu_uptime: int | None = None
     at: float = field(default_factory=time.time)
+    node: str | None = None  # the PVE node the QEMU process runs on (pvesh /cluster/resources)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,21 @@ class RestartOutcome:
             if earlier in RESTART_REQUIRES[step] and not self.ok(earlier):
                 return f"not reached: restart step '{earlier}' did not complete"
         return None
+
+    def migrated(self) -> str | None:
+        """Why the QEMU process seen after the restart proves nothing about it: the VM is on
+        another node than the one it was restarted on (a migration starts a new QEMU process
+        there, with a new pid and uptime, without any restart). None when it stayed."""
+        before, after = self.before, self.after
+        if before is None or after is None or after.node == before.node:
+            return None
+        where = f"on node '{after.node}'" if after.node else "not listed in the cluster"
+        return (
+            f"VM is {where} now, not on '{before.node}' where this run restarted it: it was "
+            "migrated since. A QEMU process on another node is a migration, not a restart, so "
+            "its pid and uptime prove nothing about this run's restart (the guest's boot id "
+            "does). pvepatch does not follow it: bind it to its node in the inventory"
+        )
 
     @property
     def downtime(self) -> float | None:

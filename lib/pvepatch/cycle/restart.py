@@ -126,7 +126,9 @@ class Restart:
                 self.cycle.pending_before_restart()
                 self._config_before = self.qm.config(current=True)
                 guest = self.cycle.guest()
-                outcome.before = Identity(guest.boot_id(), guest.kernel(), self.proof.pid)
+                outcome.before = Identity(
+                    guest.boot_id(), guest.kernel(), self.proof.pid, node=self.target.proxmox.node
+                )
         except SafetyRefusal as exc:
             outcome.refused = exc.reason
             return False

@@ -145,7 +145,7 @@ class Rollback(Restart):
             outcome.refused = str(exc)
             return False
         self.cycle.note("qm rollback", self.proof)
-        outcome.before = Identity(boot_id, None, self.proof.pid)
+        outcome.before = Identity(boot_id, None, self.proof.pid, node=self.target.proxmox.node)
         return True
 
     def _boot_id(self) -> str | None:

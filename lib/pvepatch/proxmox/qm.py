@@ -117,7 +117,8 @@ class Qm:
         return self._parsed(result, cluster.parse_resources).get(self.vmid)  # type: ignore[no-any-return]
 
     def quorum(self) -> Quorum:
-        """`pvecm status` of this host's cluster (its exit code is 1 when quorate: not used)."""
+        """`pvecm status` of this host's cluster: only its text is read (corosync's exit codes
+        changed over the years)."""
         result = self._run(QUESTIONS["quorum"], check=False)
         if not result.answered:
             raise QmError(result, self.vmid, "pvecm status gave no answer")
