@@ -221,6 +221,42 @@ def test_an_ha_vm_requested_stopped_is_not_patched(pytester, fleet):
     assert_untouched_others_patched(fleet, "pbs")
 
 
+def test_ha_released_during_the_update_restarts_it_with_qm(pytester, fleet):
+    """The gate saw HA; right before the restart, HA no longer manages it: the restart goes
+    by what the cluster says then (a plain qm shutdown and start), with a note."""
+    pbs = fleet.vms["pbs"]
+    pbs.hastate, pbs.during_update = "started", {"hastate": None}
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    sent = [c for _, c in fleet.commands if re.match(r"qm (shutdown|stop|start) 101", c)]
+    assert sent == ["qm shutdown 101 --timeout 180", "qm start 101"]
+    assert pbs.ha_queue == [] and pbs.ha_state_at_start == []  # nothing went through HA
+    result.stdout.fnmatch_lines(["*HA released it during the run*restarted with qm directly*"])
+
+
+def test_ha_taking_over_during_the_update_restarts_it_through_ha(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.during_update = {"hastate": "started"}
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert pbs.ha_state_at_start == [("stopped", False)]  # the start waited for HA's stop
+    assert pbs.running and pbs.hastate == "started"
+    result.stdout.fnmatch_lines(["*HA took it over during the run (HA state 'started'*"])
+
+
+def test_ha_asked_to_keep_it_stopped_during_the_update_is_not_overridden(pytester, fleet):
+    """An admin asks HA to stop the VM while it updates: restarting it through HA would end
+    with our start request, undoing theirs. Refused by the proof right before the stop."""
+    pbs = fleet.vms["pbs"]
+    pbs.hastate, pbs.during_update = "started", {"hastate": "stopped"}
+    result = run(pytester, fleet, "-m", "patch")
+    assert result.ret == 1
+    assert not [v for v in verbs(fleet, 101) if v in {"shutdown", "stop", "start"}]
+    result.stdout.fnmatch_lines(
+        ["*pbs (VM 101 on pve): FAILED (restart:*HA is asked to keep VM 101 'stopped'*"]
+    )
+
+
 def test_an_ha_vm_is_never_rolled_back_behind_has_back(pytester, fleet):
     pbs = fleet.vms["pbs"]
     pbs.hastate, pbs.bad_update = "started", True

@@ -25,7 +25,7 @@ from pvepatch.cycle.restart import Restart
 from pvepatch.cycle.rollback import Rollback
 from pvepatch.cycle.snapshot import Snapshots
 from pvepatch.cycle.wait import wait_for
-from pvepatch.errors import SafetyRefusal, TransportError, WaitTimeout
+from pvepatch.errors import PvepatchError, SafetyRefusal, TransportError, WaitTimeout
 from pvepatch.guest.apt import Apt, AptRun, diff_packages
 from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
@@ -285,8 +285,7 @@ class VMCycle(Asking):
             self.cluster_gate()
         except SafetyRefusal as exc:
             return RestartOutcome(self.options.restart_method, refused=exc.reason)
-        facts = self.record.cluster
-        outcome = (HARestart if facts and facts.ha_managed else Restart)(self).run()
+        outcome = self._restarter()(self).run()
         if outcome.pending_applied:  # seen in the config after the stop
             changes = "; ".join(outcome.pending_applied)
             self.record.notes.append(f"its restart applied pending config changes: {changes}")
@@ -299,6 +298,25 @@ class VMCycle(Asking):
             state = "healthy again" if "healthy" in outcome.times else "NOT healthy"
             self.record.notes.append(f"{why} during its restart: the restart was finished, {state}")
         return outcome
+
+    def _restarter(self) -> type[Restart]:
+        """Through HA or directly with qm, as the cluster has the VM right before its restart:
+        HA may have taken it over or released it since the gate (the update takes minutes).
+        The proof before the shutdown checks it again."""
+        facts = self.record.cluster
+        was = bool(facts and facts.ha_managed)
+        try:
+            where = self.qm().resource()
+        except PvepatchError:
+            return HARestart if was else Restart  # the proof says why, if it cannot be proven
+        now = bool(where and where.ha_managed)
+        if facts is not None and now != was:
+            state = f"HA state '{where.hastate}'" if where and now else "no HA resource"
+            self.record.notes.append(
+                f"HA {'took it over' if now else 'released it'} during the run ({state} right "
+                f"before its restart): restarted {'through HA' if now else 'with qm directly'}"
+            )
+        return HARestart if now else Restart
 
     def agent_answers_after_update(self) -> bool:
         """`qm guest cmd ping` answers within 30 s (or --boot-timeout when shorter): the

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from pvepatch.cycle import questions
+from pvepatch.cycle import comeback, questions
 from pvepatch.cycle.admission import Admission, Candidate
 from pvepatch.cycle.record import Identity, RestartOutcome
 from pvepatch.cycle.slots import Slot
 from pvepatch.cycle.wait import ticking, wait_for
 from pvepatch.errors import PvepatchError, SafetyRefusal, last_line, one_line
-from pvepatch.guest import dns
 from pvepatch.guest.facts import Guest
 from pvepatch.proxmox.cluster import PendingChange
-from pvepatch.proxmox.parse import AGENT_PORT
 from pvepatch.proxmox.preconditions import Proof, prove_same_process, prove_stopped_by_us
 from pvepatch.proxmox.qm import Qm
 from pvepatch.transport.command import CommandResult
-
-# A check after the start: its outcome field and mark, what is awaited, the probe, its interval.
-_Step = tuple[str, str, Callable[[], object], float]
 
 
 class Cycle(Candidate, Protocol):
@@ -297,72 +292,7 @@ class Restart:
     def _wait_back(self) -> bool:
         """SSH with a new boot_id, the virtio port, the agent, and DNS for a Pi-hole: True when
         every check passed (the VM is healthy, no longer down)."""
-        outcome = self.outcome
-        started = time.monotonic()
-        deadline = started + self.options.boot_timeout
-        healthy = True
-        for name, what, probe, interval in self._back_steps():
-            try:
-                wait_for(
-                    what,
-                    probe,
-                    timeout=max(1.0, deadline - time.monotonic()),
-                    interval=interval,
-                    progress=self.cycle.progress,
-                    limit=self.options.boot_timeout,
-                    since=started,
-                )
-            except PvepatchError as exc:
-                outcome.errors[name] = str(exc)
-                healthy = False
-                if name == "ssh_back":
-                    self.cycle.connections.forget(self.target.name)
-                    return False
-                continue
-            if hasattr(outcome, name):
-                setattr(outcome, name, True)
-            outcome.mark(name)
-        return healthy
-
-    def _back_steps(self) -> list[_Step]:
-        """What the VM shows again after its start, in order: each with its probe and how often
-        the probe is asked."""
-        target, qm, connections = self.target, self.qm, self.cycle.connections
-        before = self.outcome.before.boot_id if self.outcome.before else None
-
-        def ssh_with_new_boot() -> str | None:
-            if not connections.banner(target.name, target.ssh):
-                return None  # sshd not accepting yet: asked again in a quarter second
-            transport = connections.probe(target.name, target.ssh)
-            boot_id = Guest(transport).boot_id()
-            if boot_id == before:
-                return None
-            self.cycle.ask_ahead(*questions.back(target))  # both hosts at once
-            return boot_id
-
-        steps: list[_Step] = [
-            ("ssh_back", f"SSH to {target.name} with a new boot_id", ssh_with_new_boot, 0.25),
-            (
-                "port_back",
-                f"{AGENT_PORT} in {target.name}",
-                lambda: self.cycle.guest().virtio_port_is_chardev(),
-                0.5,
-            ),
-            ("agent_back", f"qm guest cmd {target.vmid} ping", lambda: qm.agent_ping().ok, 1.0),
-        ]
-        if target.pihole is not None:
-            spec = target.pihole
-            steps.append(
-                (
-                    "dns_back",
-                    f"DNS from {spec.server}:{spec.port}",
-                    lambda: (
-                        dns.query(spec.server, spec.port, spec.resolve_name, spec.protocol).resolved
-                    ),
-                    1.0,
-                )
-            )
-        return steps
+        return comeback.wait_back(self.cycle, self.outcome, self.qm)
 
     # --- interruptions -------------------------------------------------------------------------
     def _status(self) -> str:

@@ -120,6 +120,12 @@ class Proof:
             )
         if not self.ha_managed and action in HA_REQUESTS:
             raise SafetyRefusal(vmid, f"VM {vmid} is not HA-managed (any more): no {action}")
+        if action == "ha stop" and self.hastate != "started":  # our start would override it
+            raise SafetyRefusal(
+                vmid,
+                f"HA is asked to keep VM {vmid} '{self.hastate}', not 'started': a restart "
+                "through HA would undo that request",
+            )
         if self.lock and action in HA_REQUESTS:  # HA cannot be asked to skip a lock
             raise SafetyRefusal(
                 vmid, f"VM is locked ({self.lock}) on {self.node}: HA would not act on it"
