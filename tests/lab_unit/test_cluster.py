@@ -349,12 +349,16 @@ def test_pvecm_unknown_command(paths: LabPaths) -> None:
 # --- HA-managed VMs (pvelab.pve.ha) -------------------------------------------------------------
 
 
-def test_migrate_of_ha_vm_is_refused_not_done_directly(paths: LabPaths) -> None:
+def test_migrate_of_ha_vm_is_queued_for_the_ha_manager_not_done_directly(
+    paths: LabPaths,
+) -> None:
+    """qemu-server's migrate_vm HA branch: `Requesting HA migration ...`, a crm command queued;
+    nothing moves until the CRM acts."""
     ha_config = pytest.importorskip("pvelab.pve.ha.config")
     path = ha_config.resources_path(paths)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("vm: 101\n\tstate started\n")
     rc, out, err = qm(paths, "pve", "migrate", 101, "pve2")
-    assert (rc, out) == (255, "")
-    assert "HA migration" in err
+    assert (rc, out, err) == (0, "Requesting HA migration for VM 101 to node pve2\n", "")
+    assert ha_config.crm_commands_path(paths).read_text() == "migrate vm:101 pve2\n"
     assert cluster.vm_node(paths, 101) == "pve"

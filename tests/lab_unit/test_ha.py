@@ -272,10 +272,10 @@ def test_cli_unknown_command_lists_usage(paths: LabPaths) -> None:
     assert "       ha-manager crm-command stop <sid> <timeout>\n" in err
 
 
-def test_cli_alias_of_an_unimplemented_command_says_so(paths: LabPaths) -> None:
-    # HA8 CLI/ha_manager.pm: `migrate => { alias => 'crm-command migrate' }`, a real command
-    assert ha(paths, "migrate", "vm:101", "pve2") == (
-        255, "", "pvelab: `ha-manager crm-command migrate` is not implemented by the lab's ha-manager\n",
+def test_cli_real_command_the_lab_lacks_says_so(paths: LabPaths) -> None:
+    # HA8 CLI/ha_manager.pm: `groupremove`, a real command (the lab has no HA groups)
+    assert ha(paths, "groupremove", "g1") == (
+        255, "", "pvelab: `ha-manager groupremove` is not implemented by the lab's ha-manager\n",
     )  # fmt: skip
 
 

@@ -37,6 +37,10 @@ class FakeVM:
         if not self.stuck:
             self.running_ids.discard(vmid)
 
+    def migrate(self, vmid: int, target: str, online: bool) -> bool:
+        self.calls.append(("migrate", vmid, None))
+        return False  # only node pve has an LRM here: nothing moves (test_ha_migrate.py does)
+
 
 @dataclass
 class HA:
@@ -105,6 +109,8 @@ def test_first_rounds_adopt_a_running_vm_without_touching_it(tmp_path: Path) -> 
         "status change startup => wait_for_quorum",
         "status change startup => wait_for_agent_lock",
         "status change wait_for_quorum => master",
+        "node 'pve': state changed from 'unknown' => 'online'",  # HA8 NodeStatus.pm update
+        "node 'pve2': state changed from 'unknown' => 'online'",
         "adding new service 'vm:101' on node 'pve'",
         "service 'vm:101': state changed from 'request_start' to 'started'  (node = pve)",
         "status change wait_for_agent_lock => active",
@@ -212,6 +218,9 @@ def test_a_start_that_fails_is_retried_then_errors(ha: HA) -> None:
     log = ha.take_log()
     assert "restart policy: retry number 1 for service 'vm:101'" in log
     assert "unable to start service vm:101 on local node after 1 retries" in log
+    # relocation to pve2 (HA8 select_service_node) fails here, so it is tried on pve again
+    assert "migrate service 'vm:101' to node 'pve2' (running)" in log
+    assert "service 'vm:101' - migration failed (exit code 1)" in log
     assert (
         "recovery policy for service vm:101 failed, entering error state. Failed nodes: pve, pve"
         in log

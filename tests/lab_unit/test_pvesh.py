@@ -283,3 +283,27 @@ def test_wrapper_module_runs_as_the_node(paths: LabPaths) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["name"] == "pihole"
+
+
+VMID_FORMAT = (
+    "400 Parameter verification failed.\n"
+    "vmid: invalid format - value does not look like a valid VM ID\n\n"  # the message's own \n
+    "pvesh get <api_path> [OPTIONS] [FORMAT_OPTIONS]\n"
+)
+
+
+@pytest.mark.parametrize("vmid", ["99", "1000000000", "0101", "-101"])
+def test_vmid_in_the_path_has_pve_vmid_format(paths: LabPaths, vmid: str) -> None:
+    # PC JSONSchema.pm pve_verify_vmid `^[1-9][0-9]{2,8}$`; PM8 pvesh.pm: an uncaught die
+    assert pvesh_run(paths, "get", f"/nodes/pve/qemu/{vmid}/status/current") == (
+        255, "", VMID_FORMAT,
+    )  # fmt: skip
+
+
+def test_vmid_option_of_storage_content_has_pve_vmid_format(paths: LabPaths) -> None:
+    argv = ("get", "/nodes/pve/storage/local/content", "--output-format", "json")
+    assert pvesh_run(paths, *argv, "--vmid", "99") == (255, "", VMID_FORMAT)
+    assert pvesh_run(paths, *argv, "--vmid", "x1")[2].startswith(
+        "400 Parameter verification failed.\nvmid: type check ('integer') failed - got 'x1'\n"
+    )
+    assert pvesh_run(paths, *argv, "--vmid", "999999999")[0] == 0

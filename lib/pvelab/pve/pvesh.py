@@ -46,7 +46,7 @@ class PveshError(Exception):
 @dataclass(frozen=True)
 class Route:
     pattern: str  # path parts; `{name}` binds a URI parameter
-    options: dict[str, str]  # name -> boolean|integer|string
+    options: dict[str, str]  # name -> boolean|integer|string|pve-vmid (integer + format)
     handler: Callable[[LabPaths, str, dict[str, Any]], Any]
     enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -86,7 +86,7 @@ ROUTES = (
     Route("nodes/{node}/storage",
           {"storage": "string", "content": "string", "enabled": "boolean", "target": "string",
            "format": "boolean"}, _storage),
-    Route("nodes/{node}/storage/{storage}/content", {"content": "string", "vmid": "integer"},
+    Route("nodes/{node}/storage/{storage}/content", {"content": "string", "vmid": "pve-vmid"},
           _content),
     Route("nodes/{node}/qemu/{vmid}/status/current", {}, _status_current),
 )  # fmt: skip
@@ -102,7 +102,19 @@ def find(path: str) -> tuple[Route, dict[str, str]] | None:
 
 
 def _param_error(name: str, message: str) -> PveshError:
+    """A PVE::Exception with `errors` (code 400), its `usage` set by RESTHandler cli_handler for
+    pvesh's own `get`: uncaught, Perl's die exit code (255 here, see `run`)."""
     return PveshError(f"400 Parameter verification failed.\n{name}: {message}\n{USAGE}\n")
+
+
+def vmid_error(value: str) -> str | None:
+    """JSONSchema check_prop for `type => 'integer', format => 'pve-vmid'`: the type check, then
+    pve_verify_vmid (`^[1-9][0-9]{2,8}$`), whose message ends in a newline of its own."""
+    if not re.fullmatch(r"[+-]?\d+", value):
+        return f"type check ('integer') failed - got '{value}'"
+    if not re.fullmatch(r"[1-9][0-9]{2,8}", value):
+        return "invalid format - value does not look like a valid VM ID\n"
+    return None
 
 
 def parse_options(route: Route, argv: list[str]) -> dict[str, Any]:
@@ -141,6 +153,8 @@ def parse_options(route: Route, argv: list[str]) -> dict[str, Any]:
     for name, value in opts.items():
         if kinds[name] == "integer" and not re.fullmatch(r"[+-]?\d+", value):
             raise _param_error(name, f"type check ('integer') failed - got '{value}'")
+        if kinds[name] == "pve-vmid" and (problem := vmid_error(value)):
+            raise _param_error(name, problem)
         if name in enums and value not in enums[name]:
             values = ", ".join(enums[name])
             raise _param_error(
@@ -213,8 +227,8 @@ def run(paths: LabPaths, local: str, argv: list[str], out: TextIO, err: TextIO) 
         params = parse_options(route, found.rest[1:])
         if "node" in bound:
             bound["node"] = _check_node(bound["node"], local)
-        if "vmid" in bound and not re.fullmatch(r"\d+", bound["vmid"]):
-            raise _param_error("vmid", f"type check ('integer') failed - got '{bound['vmid']}'")
+        if "vmid" in bound and (problem := vmid_error(bound["vmid"])):
+            raise _param_error("vmid", problem)  # PVE::API2 handle's validate, after proxying
         data = route.handler(paths, local, {**params, **bound})
         if params.get("quiet") in ("1", "true", "yes", "on"):
             return 0

@@ -1,5 +1,5 @@
-"""PVE::HA::Resources::PVEVM for the lab: start and shutdown through the stand-in qm's power code,
-called as the HA stack (an HAContext, so qm's HA branch is bypassed). Each call's task output goes
+"""PVE::HA::Resources::PVEVM for the lab: start, shutdown and migrate through the stand-in qm's
+power and migrate code, called as the HA stack (an HAContext, so qm's HA branch is bypassed). Each call's task output goes
 to log/ha-tasks.log, as PVE keeps the worker's task log."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from io import StringIO
 from typing import Any
 
 from pvelab.paths import LabPaths
-from pvelab.pve import vmstate
+from pvelab.pve import cluster, vmstate
 from pvelab.pve.ha.qmbranch import DEFAULT_SHUTDOWN_TIMEOUT, HAContext
+from pvelab.pve.qm import migrate as qm_migrate
 from pvelab.pve.qm import power
 from pvelab.pve.qm.context import Context, QmError
 
@@ -39,6 +40,17 @@ class PowerAgent:
             self._task("qmshutdown", vmid, power.shutdown, params)
         else:
             self._task("qmstop", vmid, power.stop, {"vmid": vmid})
+
+    def migrate(self, vmid: int, target: str, online: bool) -> bool:
+        """PVEVM::migrate: a relocation (not online) shuts a running VM down first (timeout 60),
+        then migrate_vm with force and with-local-disks; True if the config left this node.
+        The lab's migrate_vm has no live migration: for a running VM that task fails."""
+        if not online and self.running(vmid):
+            self.shutdown(vmid, None)
+        params = {"vmid": vmid, "target": target, "online": online, "force": True,
+                  "with-local-disks": True}  # fmt: skip
+        self._task("qmigrate", vmid, qm_migrate.migrate, params)
+        return not cluster.on_node(self.paths, vmid, self.node)
 
     def _task(
         self, kind: str, vmid: int, action: Callable[[Context, dict[str, Any]], None], p: dict

@@ -31,6 +31,12 @@ def _sid_format(value: str) -> str | None:
     return None if ok else "invalid format - value does not look like a valid ha resource id\n"
 
 
+def _node_format(value: str) -> str | None:
+    """JSONSchema format `pve-node` (PC JSONSchema.pm pve_verify_node_name)."""
+    ok = re.fullmatch(r"[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?", value)
+    return None if ok else "invalid format - value does not look like a valid node name\n"
+
+
 def _timeout_check(value: str) -> str | None:
     if not re.fullmatch(r"[+-]?\d+", value):
         return f"type check ('integer') failed - got '{value}'"
@@ -144,6 +150,35 @@ def cmd_stop(paths: LabPaths, p: dict[str, Any], io: Io) -> None:
 
 
 Handler = Callable[[LabPaths, dict[str, Any], Io], None]
+
+
+def cmd_move(task: str) -> Handler:
+    """API2::HA::Resources `migrate` / `relocate` (`ha-manager migrate|relocate` are aliases of
+    `crm-command migrate|relocate`): no check of the node beyond its format; the CRM decides."""
+
+    def handler(paths: LabPaths, p: dict[str, Any], io: Io) -> None:
+        sid, _rtype, _name = config.parse_sid(paths, p["sid"])
+        if not config.is_managed(config.read_resources(paths), sid):
+            raise HAError(f"resource '{sid}' is not HA managed")  # service_is_ha_managed
+        check_service_state(paths, sid)
+        config.queue_crm_command(paths, f"{task} {sid} {p['node']}", io.stderr)
+
+    return handler
+
+
+def cmd_maintenance(disable: bool) -> Handler:
+    """CLI/ha_manager.pm `node-maintenance-set` (`crm-command node-maintenance enable|disable`)."""
+
+    def handler(paths: LabPaths, p: dict[str, Any], io: Io) -> None:
+        if cluster.node(p["node"]) is None:  # PCL Cluster.pm check_node_exists
+            raise HAError(f"no such cluster node '{p['node']}'")
+        cmd = "disable-node-maintenance" if disable else "enable-node-maintenance"
+        config.queue_crm_command(paths, f"{cmd} {p['node']}", io.stderr)
+
+    return handler
+
+
+NODE_CHECK: dict[str, Callable[[str], str | None]] = {"node": _node_format}
 COMMANDS: dict[str, tuple[HACommand, Handler]] = {
     "status": (HACommand("status", (), (Option("verbose", "boolean"),)), cmd_status),
     "config": (HACommand("config", (), (Option("type", enum=config.TYPES),)), cmd_config),
@@ -163,6 +198,21 @@ COMMANDS: dict[str, tuple[HACommand, Handler]] = {
                   arg_checks={**SID_CHECK, "timeout": _timeout_check}),
         cmd_stop,
     ),
+    **{
+        f"crm-command {task}": (
+            HACommand(f"crm-command {task}", ("sid", "node"),
+                      arg_checks={**SID_CHECK, **NODE_CHECK}),
+            cmd_move(task),
+        )
+        for task in ("migrate", "relocate")
+    },
+    **{
+        f"crm-command node-maintenance {word}": (
+            HACommand(f"crm-command node-maintenance {word}", ("node",), arg_checks=NODE_CHECK),
+            cmd_maintenance(word == "disable"),
+        )
+        for word in ("enable", "disable")
+    },
 }  # fmt: skip
 
 

@@ -1,7 +1,12 @@
 """The LRM of one node (HA8 4.0.7 LRM.pm): every round it queues the CRM's state of each local
 service, runs the resource agent in workers (threads here, forks in PVE), and reports the results
-in nodes/<node>/lrm_status. The agent is PVEVM's: the stand-in qm's own power code, called as the
-HA stack (type 'ha')."""
+in nodes/<node>/lrm_status. The agent is PVEVM's: the stand-in qm's own power and migrate code,
+called as the HA stack (type 'ha'). A node asked into maintenance (manager_status `node_request`)
+runs in mode `maintenance` until the CRM moved its services away.
+
+Lab limit: no online (live) migration. `migrate` of a running VM fails as a failed migration task
+does in PVE: `service vm:<id> not moved (migration error)`, exit code 1, and the CRM puts the
+service back to `started` on its node (`migration failed (exit code 1)`)."""
 
 from __future__ import annotations
 
@@ -13,9 +18,10 @@ from typing import Any, Protocol
 from pvelab.paths import LabPaths
 from pvelab.pve.ha import config
 from pvelab.pve.ha.journal import Log
-from pvelab.pve.ha.manager import ERROR, EWRONG_NODE, SUCCESS
+from pvelab.pve.ha.states import ERROR, EWRONG_NODE, IGNORED, SUCCESS
 
 ETRY_AGAIN, EUNKNOWN_SERVICE_TYPE, EUNKNOWN_COMMAND, EUNKNOWN_SERVICE = 2, 4, 5, 7
+EINVALID_PARAMETER = 6
 MAX_WORKERS = 4  # datacenter.cfg max_workers default (Env/PVE2.pm get_max_workers)
 LRM_IDLE_ROUNDS = 60  # LRM.pm $max_active_idle_rounds
 WORKER_SHARE = 0.8  # run_workers waits up to 8 s of a 10 s round for its workers
@@ -27,6 +33,7 @@ class Agent(Protocol):
     def running(self, vmid: int) -> bool: ...
     def start(self, vmid: int) -> None: ...
     def shutdown(self, vmid: int, timeout: int | None) -> None: ...
+    def migrate(self, vmid: int, target: str, online: bool) -> bool: ...
 
 
 @dataclass
@@ -45,6 +52,7 @@ class LRM:
         self.paths, self.node, self.agent, self.log = paths, node, agent, log
         self.round_s = round_s
         self.state = "startup"
+        self.mode = "active"
         self.workers: dict[str, Worker] = {}
         self.results: dict[str, dict[str, Any]] = {}
         self.restart_tries: dict[str, int] = {}
@@ -60,7 +68,7 @@ class LRM:
 
     def write_status(self) -> None:
         config.write_lrm_status(self.paths, self.node, {
-            "mode": "active", "results": self.results, "state": self.state,
+            "mode": self.mode, "results": self.results, "state": self.state,
             "timestamp": int(time.time()),
         })  # fmt: skip
 
@@ -72,10 +80,26 @@ class LRM:
             if sd.get("node") == self.node and sd.get("state") not in (None, *skip)
         )
 
+    def update_service_status(self) -> None:
+        """The CRM's service states, and the node's maintenance request (LRM.pm)."""
+        ms = config.read_manager_status(self.paths)
+        self.service_status = ms.get("service_status", {})
+        request = (ms.get("node_request") or {}).get(self.node) or {}
+        if request.get("maintenance"):
+            self.mode = "maintenance"
+        elif self.mode == "maintenance":
+            self.mode = "active"
+
     def work(self) -> None:
         """One LRM round (LRM.pm `work`, quorate and never fenced)."""
-        self.service_status = config.read_manager_status(self.paths).get("service_status", {})
-        if self.state == "wait_for_agent_lock":
+        self.update_service_status()
+        if self.state == "active" and self.mode == "maintenance":
+            self.set_state("maintenance")
+        elif self.state == "maintenance":
+            if not self.active_service_count() and not self.run_workers():
+                if self.mode != "maintenance":
+                    self.set_state("active")  # empty and no maintenance requested
+        elif self.state == "wait_for_agent_lock":
             if self.active_service_count():
                 self.set_state("active")
         elif self.state == "active":
@@ -90,7 +114,7 @@ class LRM:
                     self.idle_rounds = 0
             else:
                 self.idle_rounds = 0
-        if self.state == "active":
+        if self.state in ("active", "maintenance"):
             self.manage_resources()
         self.write_status()
 
@@ -209,5 +233,23 @@ class LRM:
                 return SUCCESS
             self.log(f"unable to stop stop service {sid} (still running)")  # sic, LRM.pm
             return ERROR
+        if cmd in ("migrate", "relocate", "request_start_balance"):
+            return self.exec_migrate(sid, sc, cmd, vmid, running, worker.params.get("target"))
         self.log(f"implement me (cmd '{cmd}')")
         return EUNKNOWN_COMMAND
+
+    def exec_migrate(
+        self, sid: str, sc: dict[str, Any], cmd: str, vmid: int, running: bool, target: str | None
+    ) -> int:
+        """exec_resource_agent's migrate/relocate: PVEVM::migrate, online for `migrate`."""
+        if target is None:
+            raise ValueError(f"{cmd} '{sid}' failed - missing target")
+        if sc.get("node") == target:
+            return SUCCESS  # already there
+        if cmd == "request_start_balance" and running:
+            self.log(f"ignoring rebalance-on-start for service {sid} - already running")
+            return IGNORED
+        if not self.agent.migrate(vmid, target, cmd == "migrate"):
+            self.log(f"service {sid} not moved (migration error)")
+            return ERROR
+        return SUCCESS

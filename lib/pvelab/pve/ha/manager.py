@@ -1,76 +1,56 @@
-"""The CRM (HA8 4.0.7 CRM.pm + Manager.pm, the parts a lab without fencing or migration needs):
-one `manage()` per round turns queued commands, requested states and LRM results into CRM
-service states, logging PVE's lines, and writes manager_status."""
+"""The CRM (HA8 4.0.7 CRM.pm + Manager.pm, the parts a lab without fencing needs): one `manage()`
+per round turns queued commands (stop, migrate, relocate, node maintenance), requested states,
+node states and LRM results into CRM service states (pvelab.pve.ha.states), logging PVE's lines,
+and writes manager_status."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
+import re
 import time
 from typing import Any
 
 from pvelab.paths import LabPaths
 from pvelab.pve.ha import config, nodes
 from pvelab.pve.ha.journal import Log
+from pvelab.pve.ha.placement import NodeStatus
+from pvelab.pve.ha.states import ERROR, EWRONG_NODE, SUCCESS, States, new_uid
 
-SUCCESS = 0  # HA8 Tools.pm exit codes of the resource agents
-ERROR = 1
-EWRONG_NODE = 3
-VALID_STATES = ("stopped", "request_stop", "request_start", "request_start_balance", "started",
-                "fence", "recovery", "migrate", "relocate", "freeze", "error")  # fmt: skip
+__all__ = ["CRM", "ERROR", "EWRONG_NODE", "SUCCESS", "Manager", "new_uid"]
 CRM_IDLE_ROUNDS = 90  # CRM.pm $max_active_idle_rounds
 
-_uid_counter = 0
 
-
-def new_uid(state: str) -> str:
-    """compute_new_uuid: md5_base64(state . $$ . time() . counter)."""
-    global _uid_counter
-    _uid_counter += 1
-    raw = f"{state}{os.getpid()}{int(time.time())}{_uid_counter}".encode()
-    return base64.b64encode(hashlib.md5(raw).digest()).decode().rstrip("=")  # noqa: S324
-
-
-class Manager:
+class Manager(States):
     """PVE::HA::Manager: `ss` is service_status, kept across rounds and in manager_status."""
 
     def __init__(self, paths: LabPaths, node: str, log: Log) -> None:
         self.paths, self.node, self.log = paths, node, log
         old = config.read_manager_status(paths)
+        self.ns = NodeStatus(log, old.get("node_status") or {})
         self.ss: dict[str, dict[str, Any]] = old.get("service_status", {})
         self.ms: dict[str, Any] = {"master_node": node}
-        if "node_request" in old:
+        if "node_request" in old:  # a node in (manual) maintenance stays so on a new master
             self.ms["node_request"] = old["node_request"]
 
-    def change_state(self, sid: str, new_state: str, **params: Any) -> None:
-        """$change_service_state: new uid, the log line PVE writes."""
-        sd = self.ss[sid]
-        old_state = sd["state"]
-        kept: dict[str, Any] = {
-            k: sd[k] for k in ("node", "failed_nodes", "maintenance_node") if k in sd
-        }
-        sd.clear()
-        sd.update(kept, state=new_state)
-        text = ", ".join(f"{k} = {params[k]}" for k in sorted(params))
-        sd.update(params)
-        sd["uid"] = new_uid(new_state)
-        text = f"  ({text})" if text else ""
-        self.log(f"service '{sid}': state changed from '{old_state}' to '{new_state}'{text}")
-
-    def _lrm_results(self, node_names: list[str]) -> dict[str, Any]:
+    def _lrm_status(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """read_lrm_status: the results of every node's LRM, and each LRM's mode."""
         results: dict[str, Any] = {}
-        for node in node_names:
-            for uid, res in (
-                (config.read_lrm_status(self.paths, node) or {}).get("results") or {}
-            ).items():  # noqa: E501
+        modes: dict[str, str] = {}
+        for node in sorted(self.ns.status):
+            lrm = config.read_lrm_status(self.paths, node) or {}
+            modes[node] = lrm.get("mode") or "active"
+            for uid, res in (lrm.get("results") or {}).items():
                 results.setdefault(uid, res)
-        return results
+        return results, modes
 
     def manage(self) -> None:
         """One CRM round (Manager.pm `manage`)."""
-        node_names = nodes.cluster_nodes(self.paths)
-        results = self._lrm_results(node_names)
+        for node in nodes.cluster_nodes(self.paths):
+            self.ns.get_node_state(node)  # list_nodes: the members and the known nodes
+        results, modes = self._lrm_status()
+        self.ns.update(nodes.cluster_nodes(self.paths), modes)
+        if not self.ns.node_is_operational(self.node):
+            self.log("master seems offline")
+            return
         sc = config.checked_config(self.paths)
         for sid in sorted(sc):
             cd = sc[sid]
@@ -91,119 +71,63 @@ class Manager:
             repeat = False
             for sid in sorted(self.ss):
                 sd = self.ss[sid]
-                cd = sc.get(sid) or {"state": "disabled"}
+                cd = sc.get(sid) or {"state": "disabled", "type": sid.split(":")[0]}
                 lrm_res = results.get(sd["uid"]) if sd.get("uid") else None
                 last = sd["state"]
                 self.next_state(sid, cd, sd, lrm_res)
                 repeat = repeat or sd["state"] != last
-        self.ms["node_status"] = {n: "online" for n in node_names}
+        self.ms["node_status"] = self.ns.status
         self.ms["service_status"] = self.ss
         self.ms["timestamp"] = int(time.time())
         config.write_manager_status(self.paths, self.ms)
 
     def update_crm_commands(self) -> None:
-        """Manager.pm update_crm_commands: `stop <sid> <timeout>` (migrate is not in the lab)."""
+        """Manager.pm update_crm_commands."""
         for cmd in config.take_crm_commands(self.paths).split("\n"):
-            words = cmd.split()
-            if not words:
+            if not cmd:
                 continue
-            if len(words) == 3 and words[0] == "stop":
-                if words[1] in self.ss:
+            move = re.fullmatch(r"(migrate|relocate)\s+(\S+)\s+(\S+)", cmd)
+            stop = re.fullmatch(r"stop\s+(\S+)\s+(\S+)", cmd)
+            maint = re.fullmatch(r"(enable|disable)-node-maintenance\s+(\S+)", cmd)
+            if move:
+                task, sid, node = move.groups()
+                sd = self.ss.get(sid)
+                if sd is None:
+                    self.log(f"crm command error - no such service: {cmd}")
+                elif not self.ns.node_is_online(node):
+                    self.log(f"crm command error - node not online: {cmd}")
+                elif node == sd.get("node"):
+                    self.log(f"ignore crm command - service already on target node: {cmd}")
+                else:
                     self.log(f"got crm command: {cmd}")
-                    self.ss[words[1]]["cmd"] = ["stop", words[2]]
+                    sd["cmd"] = [task, node]
+            elif stop:
+                if stop.group(1) in self.ss:
+                    self.log(f"got crm command: {cmd}")
+                    self.ss[stop.group(1)]["cmd"] = ["stop", stop.group(2)]
                 else:
                     self.log(f"crm command error - no such service: {cmd}")
+            elif maint:
+                self._maintenance_cmd(cmd, maint.group(1) == "enable", maint.group(2))
             else:
                 self.log(f"unable to parse crm command: {cmd}")
 
-    def next_state(self, sid: str, cd: dict, sd: dict, lrm_res: dict | None) -> None:
-        state = sd["state"]
-        if state == "stopped":
-            self.next_state_stopped(sid, cd, sd)
-        elif state == "started":
-            self.next_state_started(sid, cd, sd, lrm_res)
-        elif state == "request_start":
-            self.change_state(sid, "started", node=sd.get("node"))
-        elif state == "request_stop":
-            if lrm_res is not None:
-                code = lrm_res.get("exit_code")
-                if code == SUCCESS:
-                    self.change_state(sid, "stopped")
-                else:
-                    self.log(f"service '{sid}' stop failed (exit code {code})")
-                    self.change_state(sid, "error")
-        elif state == "error" and cd["state"] == "disabled":
-            sd.pop("failed_nodes", None)  # clean up on error recovery
-            self.change_state(sid, "stopped")
-
-    def next_state_stopped(self, sid: str, cd: dict, sd: dict) -> None:
-        if cd.get("node") is not None and sd.get("node") != cd["node"]:
-            self.log(f"fixup service '{sid}' location ({sd.get('node')} => {cd['node']})")
-            sd["node"] = cd["node"]
-        if sd.get("cmd"):
-            cmd = sd["cmd"][0]
-            if cmd == "stop":
-                self.log(f"ignore service '{sid}' {cmd} request - service already stopped")
-            else:
-                self.log(f"unknown command '{cmd}' for service '{sid}'")
-            del sd["cmd"]
-        if cd["state"] == "started":
-            self.change_state(sid, "request_start", node=sd.get("node"))
-        elif cd["state"] not in ("disabled", "stopped"):
-            self.log(f"service '{sid}' - unknown state '{cd['state']}' in service configuration")
-
-    def next_state_started(self, sid: str, cd: dict, sd: dict, lrm_res: dict | None) -> None:
-        if cd["state"] in ("disabled", "stopped"):
-            self.change_state(sid, "request_stop")
-            return
-        if cd["state"] != "started":
-            self.log(f"service '{sid}' - unknown state '{cd['state']}' in service configuration")
-            return
-        if sd.get("cmd"):
-            cmd, arg = sd.pop("cmd")
-            if cmd != "stop":
-                self.log(f"unknown command '{cmd}' for service '{sid}'")
-                return
-            if int(arg) == 0:
-                self.log(f"request immediate service hard-stop for service '{sid}'")
-            else:
-                self.log(f"request graceful stop with timeout '{arg}' for service '{sid}'")
-            self.change_state(sid, "request_stop", timeout=int(arg))
-            try:  # $haenv->update_service_config($sid, {'state' => 'stopped'})
-                config.update_resource(self.paths, sid, {"state": "stopped"})
-            except config.HAError as exc:
-                self.log(f"got unexpected error - {exc}")
-            return
-        if lrm_res is None:
-            return
-        code = lrm_res.get("exit_code")
-        if code == SUCCESS:
-            if sd.get("failed_nodes"):
-                self.log(f"relocation policy successful for '{sid}' on node '{sd['node']}',"
-                         f" failed nodes: {', '.join(sd['failed_nodes'])}")  # fmt: skip
-            sd.pop("failed_nodes", None)
-            sd["running"] = 1  # only valid while state == 'started'
-        elif code in (ERROR, EWRONG_NODE):
-            sd.pop("running", None)
-            failed = sd.setdefault("failed_nodes", [])
-            failed.append(sd.get("node"))
-            if len(failed) > cd["max_relocate"]:
-                self.log(f"recovery policy for service {sid} failed, entering error state."
-                         f" Failed nodes: {', '.join(map(str, failed))}")  # fmt: skip
-                self.change_state(sid, "error")
-                return
-            self.log(
-                f"starting service {sid} on node '{sd.get('node')}' failed, relocating service."
-            )  # noqa: E501
-            # The lab cannot migrate: select_service_node finds no other node.
-            self.log(f"Start Error Recovery: Tried all available nodes for service '{sid}', retry"
-                     f" start on current node. Tried nodes: {', '.join(map(str, failed))}")  # fmt: skip
+    def _maintenance_cmd(self, cmd: str, enable: bool, node: str) -> None:
+        """enable/disable-node-maintenance: the `node_request` the node's LRM follows."""
+        state = self.ns.get_node_state(node)
+        requests = self.ms.setdefault("node_request", {})
+        if not enable:
+            if state != "maintenance":
+                self.log(
+                    f"clearing maintenance of node {node} requested, but it's in state {state}"
+                )
+            requests.setdefault(node, {}).pop("maintenance", None)  # Perl autovivifies
+        elif state == "online":
+            requests.setdefault(node, {})["maintenance"] = 1
+        elif state == "maintenance":
+            self.log(f"ignoring crm command - node {node} is already in maintenance state")
         else:
-            sd.setdefault("failed_nodes", []).append(sd.get("node"))
-            self.log(f"service '{sid}' got unrecoverable error (exit code {code}))")
-            self.change_state(sid, "error")
-            return
-        sd["uid"] = new_uid(sd["state"])  # start it again if it went down, keep no result lost
+            self.log(f"crm command error - node not online: {cmd}")
 
 
 class CRM:

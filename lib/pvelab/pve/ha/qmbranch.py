@@ -1,4 +1,4 @@
-"""qm's HA branch (QS8 API2/Qemu.pm vm_start / vm_stop / vm_shutdown): for an HA-managed VM, qm
+"""qm's HA branch (QS8 API2/Qemu.pm vm_start / vm_stop / vm_shutdown / migrate_vm): for an HA-managed VM, qm
 only queues a request with `ha-manager` and returns; the HA stack itself (type 'ha') bypasses it."""
 
 from __future__ import annotations
@@ -64,4 +64,16 @@ def shutdown(ctx: Context, p: dict[str, Any]) -> bool:
     timeout = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout
     ctx.out(f"Requesting HA stop for VM {vmid}\n")
     _queue(ctx, ["crm-command", "stop", f"vm:{vmid}", str(timeout)])
+    return True
+
+
+def migrate(ctx: Context, vmid: int, target: str) -> bool:
+    """`qm migrate` of an HA VM (after migrate_vm's checks): the `hamigrate` worker prints
+    `Requesting HA migration ...` and runs `ha-manager migrate vm:<id> <target>`. True if
+    handled."""
+    if not _managed(ctx, vmid):
+        return False
+    ctx.task = True
+    ctx.out(f"Requesting HA migration for VM {vmid} to node {target}\n")
+    _queue(ctx, ["migrate", f"vm:{vmid}", target])
     return True

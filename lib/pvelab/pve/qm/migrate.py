@@ -5,6 +5,11 @@ The API's checks come from QS8 `src/PVE/API2/Qemu.pm` `migrate_vm`, the task log
 `phase3_cleanup`. The lab's disks are files every node reaches (storage `local` is marked
 `shared`), so like PVE on shared storage nothing is copied: the config moves to the target
 node (`.vmlist`) and the target clears the `migrate` lock.
+
+An HA-managed VM takes migrate_vm's HA branch (`Requesting HA migration ...`, then `ha-manager
+migrate`); the HA stack's own call (type 'ha', pvelab.pve.ha.agent) migrates. Lab limit: no
+online (live) migration of a running VM; asked by the HA stack, that migration task fails, so
+the VM stays where it is (see pvelab.pve.ha.lrm).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from typing import Any
 
 from pvelab.pve import cluster, vmconf, vmstate
-from pvelab.pve.ha import config as ha_config
+from pvelab.pve.ha import qmbranch
 from pvelab.pve.qm import quorum
 from pvelab.pve.qm.context import Context, QmError, check_lock
 from pvelab.pve.qm.options import Command, Option
@@ -62,16 +67,15 @@ def migrate(ctx: Context, p: dict[str, Any]) -> None:
         raise QmError(f"no such cluster node '{target}'")  # PCL `Cluster.pm` check_node_exists
     conf = ctx.load(vmid)
     check_lock(conf)
-    if vmstate.running_pid(ctx.paths, vmid):
-        if not p.get("online"):
-            raise QmError("can't migrate running VM without --online")
+    online = vmstate.running_pid(ctx.paths, vmid) is not None
+    if online and not p.get("online"):
+        raise QmError("can't migrate running VM without --online")
+    if not online and p.get("online"):
+        ctx.warn("VM isn't running. Doing offline migration instead.")
+    if qmbranch.migrate(ctx, vmid, target):  # HA-managed, not called by the HA stack
+        return
+    if online:
         raise QmError("pvelab: online migration is not supported by the lab's qm")
-    if p.get("online"):
-        ctx.stderr.write("VM isn't running. Doing offline migration instead.\n")
-    if ha_config.vm_is_ha_managed(ctx.paths, vmid):
-        # QS8 migrate_vm's HA branch prints `Requesting HA migration for VM <id> to node <node>`
-        # and runs `ha-manager migrate vm:<id> <node>`, which the lab's HA stack lacks.
-        raise QmError(f"pvelab: HA migration of VM {vmid} is not supported by the lab")
     ctx.task = True
     run(ctx, vmid, target)
 
