@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[2]
+PVE_VERSION = "PVELAB_PVE_VERSION"
 
 
 @dataclass
@@ -87,3 +90,34 @@ def versions(lab: Any, vm: str) -> dict[str, str]:
 def calls_of(log: list[dict], verb: str, vmid: int) -> list[dict]:
     """The stand-in qm's calls of `verb` on `vmid` in `log` (Lab.qm_log() entries)."""
     return [c for c in log if c["argv"][:2] == [verb, str(vmid)]]
+
+
+@contextmanager
+def pve_version(lab: Any, version: str) -> Iterator[None]:
+    """Inside the block, every node's stand-in commands play PVE `version` (PVE 9's texts for
+    "9"): their wrappers are written again with the setting, and again without it after."""
+    from pvelab.pve import cluster, node
+
+    old = os.environ.get(PVE_VERSION)
+
+    def write(value: str | None) -> None:
+        os.environ.pop(PVE_VERSION, None)
+        if value:
+            os.environ[PVE_VERSION] = value
+        for name in cluster.node_names():
+            node.write_files(lab.paths, lab.base, name)
+
+    write(version)
+    try:
+        yield
+    finally:
+        write(old)
+
+
+def plays_pve(lab: Any) -> str:
+    """The PVE major version the first node's `qm` plays now ("8" unless its wrapper sets one)."""
+    wrapper = lab.pve_run(["sh", "-c", 'cat "$(command -v qm)"']).stdout
+    for line in wrapper.splitlines():
+        if line.startswith(f"{PVE_VERSION}="):
+            return line.split("=", 1)[1].strip("'")
+    return "8"

@@ -4,8 +4,8 @@ grafana has pvelab-bad-update 1.0-1; the lab repository offers 1.1-1, whose post
 guest agent (fault bad-update). ca has a raw data disk, which Proxmox cannot snapshot (fault
 snapshot-unsupported). pbs is fresh. With --snapshot --rollback-on-failure: pbs is patched and
 keeps its snapshot, grafana is rolled back to the package versions it had and is healthy, ca is
-not patched at all. Then, without the rollback flag, grafana ends FAILED with its snapshot kept
-and the rollback command named; and -m verify warns about old snapshots without touching any.
+not patched at all. Then, without the rollback flag and against the stand-in playing PVE 9,
+grafana ends FAILED with its snapshot kept and the rollback command named; and -m verify warns about old snapshots without touching any.
 
 Runs after test_3_fleet.py, which leaves ca running and healthy (slow to shut down, which this
 module never asks of it); pbs and grafana are reset here.
@@ -20,7 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 from pvelab.fleet.lab import Lab
-from pvepatch_runner import calls_of, run_pvepatch, versions
+from pvepatch.audit import ledger
+from pvepatch_runner import calls_of, plays_pve, pve_version, run_pvepatch, versions
 
 pytestmark = pytest.mark.lab
 PBS, CA, GRAFANA = ("pbs", 101), ("ca", 104), ("grafana", 105)
@@ -136,18 +137,40 @@ def test_the_rollback_counted_as_down_for_the_budget(first):
 
 @pytest.fixture(scope="module")
 def second(slab: Lab, first, tmp_path_factory) -> SimpleNamespace:
-    """grafana again, without --rollback-on-failure: the bad update stays."""
+    """grafana again, without --rollback-on-failure: the bad update stays. The stand-in plays
+    PVE 9 for this run: the snapshot of a running VM with its agent enabled, and the agent's
+    errors, are where PVE 9's texts differ from 8.4's."""
     mark = len(slab.qm_log())
-    run = run_pvepatch(
-        slab.inventory_path,
-        "-m",
-        "patch",
-        "--limit",
-        "grafana",
-        "--snapshot",
-        workdir=tmp_path_factory.mktemp("snap2"),
-    )
-    return SimpleNamespace(run=run, log=slab.qm_log()[mark:])
+    workdir = tmp_path_factory.mktemp("snap2")
+    with pve_version(slab, "9"):
+        flavour = plays_pve(slab)
+        run = run_pvepatch(
+            slab.inventory_path,
+            "-m",
+            "patch",
+            "--limit",
+            "grafana",
+            "--snapshot",
+            f"--html={workdir / 'snap2.html'}",
+            workdir=workdir,
+        )
+    assert flavour == "9" and plays_pve(slab) == "8"
+    records = ledger.read(workdir / "snap2.jsonl")
+    return SimpleNamespace(run=run, log=slab.qm_log()[mark:], records=records)
+
+
+def test_the_snapshot_under_pve_9_printed_pve_9s_text(second):
+    """qemu-server 9 prints `internal qemu snapshot` for a running VM's qcow2 disk; 8.4 does
+    not: the run really met PVE 9's texts, and took the snapshot."""
+    sent = [
+        c
+        for r in second.records
+        if r.get("vm") == GRAFANA[0]
+        for c in r.get("qm_commands") or []
+        if c["command"].startswith(f"qm snapshot {GRAFANA[1]} ")
+    ]
+    assert len(sent) == 1 and sent[0]["rc"] == 0, sent
+    assert "internal qemu snapshot" in sent[0]["stdout_tail"], sent[0]
 
 
 def test_without_the_rollback_flag_the_vm_fails_with_its_snapshot_named(slab, second):

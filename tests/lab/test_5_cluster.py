@@ -18,17 +18,14 @@ agent, ca running); nothing here resets a VM. test_report_e2e.py resets pbs (HA 
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 from pvelab.fleet.lab import Lab
-from pvelab.pve import backups, cluster, node
-from pvepatch_runner import calls_of, run_pvepatch
+from pvelab.pve import backups, cluster
+from pvepatch_runner import calls_of, plays_pve, pve_version, run_pvepatch
 
 pytestmark = pytest.mark.lab
 PBS, GRAFANA, CA, BACKUP = ("pbs", 101), ("grafana", 105), ("ca", 104), ("pihole-backup", 103)
@@ -172,28 +169,9 @@ def test_without_quorum_nothing_is_touched(clab, tmp_path_factory):
     assert mutating(clab.qm_log()[mark:]) == []
 
 
-@contextmanager
-def pve_version(lab: Lab, version: str) -> Iterator[None]:
-    """Every node's stand-in commands play PVE `version` (their wrappers pass the setting)."""
-    old = os.environ.get("PVELAB_PVE_VERSION")
-
-    def write(value: str | None) -> None:
-        os.environ.pop("PVELAB_PVE_VERSION", None)
-        if value:
-            os.environ["PVELAB_PVE_VERSION"] = value
-        for name in cluster.node_names():
-            node.write_files(lab.paths, lab.base, name)
-
-    write(version)
-    try:
-        yield
-    finally:
-        write(old)
-
-
 def test_verify_against_pve_9_texts(clab, tmp_path_factory):
     with pve_version(clab, "9"):
-        flavour = clab.pve_run(["sh", "-c", 'grep -c PVELAB_PVE_VERSION=9 "$(command -v qm)"'])
+        flavour = plays_pve(clab)
         run = run_pvepatch(
             clab.inventory_path,
             "-m",
@@ -202,5 +180,5 @@ def test_verify_against_pve_9_texts(clab, tmp_path_factory):
             "pbs",
             workdir=tmp_path_factory.mktemp("pve9"),
         )
-    assert flavour.stdout.strip() == "1"
+    assert flavour == "9" and plays_pve(clab) == "8"
     assert run.rc == 0 and "pbs (VM 101 on pve): ok" in run.output, run.output[-4000:]
