@@ -186,7 +186,9 @@ def test_parallel_patch_never_exceeds_the_budget(lab, workdir):
 
 def test_two_runs_at_once_share_the_budget(lab, tmp_path):
     """Two controllers against the same Proxmox host, each with --max-down 1: together never
-    more than one VM down, and the Pi-hole pair (split between the runs) never both."""
+    more than one VM down, and the Pi-hole pair (split between the runs) never both. Both are
+    asked to patch pbs: the run that reaches it first takes its lock on the host, and the other
+    leaves it alone, naming the run that holds it (one restart of pbs, not two)."""
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     mark = len(lab.qm_log())
@@ -197,12 +199,27 @@ def test_two_runs_at_once_share_the_budget(lab, tmp_path):
             "-n", "3",
         )  # fmt: skip
         second = start_pvepatch(
-            lab.inventory_path, two, "-m", "patch", "--limit", "pihole-backup,grafana", "-n", "2"
-        )
+            lab.inventory_path, two, "-m", "patch", "--limit", "pihole-backup,grafana,pbs",
+            "-n", "2",
+        )  # fmt: skip
         out_first, _ = first.communicate(timeout=1500)
         out_second, _ = second.communicate(timeout=1500)
     print(out_first[-3000:], out_second[-3000:], "; ".join(samples.summary()), sep="\n")
-    assert first.returncode == 0 and second.returncode == 0
+    runs = [
+        (first, out_first, ("ca", "pihole")),
+        (second, out_second, ("pihole-backup", "grafana")),
+    ]
+    for _, out, others in runs:
+        for vm in others:
+            assert f"{vm} (VM {FLEET[vm]} on pve): ok" in out, out[-3000:]
+    (loser, out_loser, _), (winner, out_winner, _) = sorted(runs, key=lambda r: -r[0].returncode)
+    assert winner.returncode == 0 and loser.returncode == 1, (first.returncode, second.returncode)
+    assert "pbs (VM 101 on pve): ok" in out_winner
+    assert re.search(
+        r"pbs \(VM 101 on pve\): FAILED \(guest_agent: .*another pvepatch run is changing VM "
+        r"101: its lock on pve is held by pbs \(run \S+, pid \d+ on ",
+        out_loser,
+    ), out_loser[-3000:]
     assert samples.max_down() == 1, samples.summary()
     assert not samples.ever_down_together(PIHOLES), samples.summary()
     # one of them waited for the other, and said who held the slot

@@ -58,10 +58,13 @@ def run(
 
 
 def mutating(fleet: fakes.FakeFleet) -> list[tuple[str, str]]:
-    """The commands that changed something on the fake fleet (a down slot taken, too)."""
+    """The commands that changed something on the fake fleet (a down slot or a VM lock taken,
+    too)."""
     import re
 
-    verbs = re.compile(r"qm (start|stop|shutdown|set)|apt-get -y|systemctl start|pvepatch-slot")
+    verbs = re.compile(
+        r"qm (start|stop|shutdown|set)|apt-get -y|systemctl start|pvepatch-slot|pvepatch-vm-lock"
+    )
     return [(h, c) for h, c in fleet.commands if verbs.search(c)]
 
 

@@ -10,7 +10,7 @@ import re
 
 import fakes
 import pytest
-from pvepatch.cycle.slots import SlotTable, local_opener
+from pvepatch.cycle.slots import Busy, Slot, SlotTable, local_opener
 
 pytest_plugins = ["pytester"]
 
@@ -52,6 +52,61 @@ def test_a_slot_held_by_another_run_makes_the_vm_wait_then_fail_clearly(pytester
             "--lock-timeout 2 s: pve: 1 of 1 down; grafana (run x))*"
         ]
     )
+
+
+def touched(fleet: fakes.FakeFleet, vm: str) -> list[str]:
+    """What changed `vm`: mutating qm commands for it, apt or the agent's start in it."""
+    vmid = fleet.vms[vm].vmid
+    qm = r"qm (set|shutdown|stop|start|snapshot|rollback|delsnapshot) "
+    return [c for h, c in fleet.commands if re.match(qm + str(vmid), c)] + [
+        c for h, c in fleet.commands if h == vm and ("apt-get" in c or "systemd-run" in c)
+    ]
+
+
+def test_a_vm_another_run_is_changing_is_left_alone_and_the_lock_is_ours_after(pytester, fleet):
+    """Another run holds VM 101's lock on the host: this run changes nothing in pbs (no agent,
+    no snapshot, no apt, no restart), says who holds it, and patches the others. Each VM it
+    changed is locked while it runs and free again after it."""
+    table = SlotTable("pve", fleet.slot_dir, local_opener)
+    other = table.try_lock_vm(101, "pbs (run other, pid 7 on ctl2)")
+    assert isinstance(other, Slot)
+    try:
+        result = run(pytester, fleet, INVENTORY, "-m", "patch", "--snapshot")
+    finally:
+        other.release()
+    assert result.ret == 1
+    assert touched(fleet, "pbs") == []
+    result.stdout.fnmatch_lines(
+        [
+            "*pbs (VM 101 on pve): FAILED (guest_agent: *another pvepatch run is changing VM "
+            "101: its lock on pve is held by pbs (run other, pid 7 on ctl2); this run leaves "
+            "it alone*"
+        ]
+    )
+    for vm in ("pihole", "pihole-backup"):
+        assert f"{vm} (VM {fleet.vms[vm].vmid} on pve): ok" in result.stdout.str()
+        assert touched(fleet, vm)
+        lock = table.try_lock_vm(fleet.vms[vm].vmid, "a later run")  # released at the end
+        assert isinstance(lock, Slot), lock
+        lock.release()
+
+
+def test_the_lock_is_held_while_the_run_changes_the_vm(pytester, fleet):
+    """Seen from another run while this one updates pbs: the lock is busy, naming this run."""
+    table = SlotTable("pve", fleet.slot_dir, local_opener)
+    seen: list[object] = []
+    apt = fleet.apt
+
+    def apt_and_look(vm, command):
+        if vm.name == "pbs" and "dist-upgrade" in command:
+            seen.append(table.try_lock_vm(101, "another run"))
+        return apt(vm, command)
+
+    fleet.apt = apt_and_look  # type: ignore[method-assign]
+    result = run(pytester, fleet, INVENTORY, "-m", "patch", "--limit", "pbs")
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    assert len(seen) == 1 and isinstance(seen[0], Busy), seen
+    assert re.fullmatch(r"held by pbs \(run \S+, pid \d+ on \S+, since [\d:]+\)", seen[0].why)
 
 
 def test_a_budget_of_two_admits_a_second_vm_beside_another_runs(pytester, fleet):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -47,7 +48,9 @@ def test_ledger_has_run_start_a_record_per_stage_per_vm_and_run_end(suite):
         logged = [
             c["command"] for r in records if r.get("vm") == vm for c in r.get("qm_commands", [])
         ]
-        received = [c for host, c in fleet.commands if host == "pve" and f" {vmid}" in c]
+        received = [
+            c for host, c in fleet.commands if host == "pve" and re.match(rf"qm .* {vmid}\b", c)
+        ]
         assert [c for c in logged if c.startswith("qm ")] == received, vm
         cluster_logged += [c for c in logged if not c.startswith("qm ")]
     cluster_received = [c for host, c in fleet.commands if host == "pve" and c.startswith("pve")]

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from pvepatch.cycle import cluster, questions
+from pvepatch.cycle.admission import lock_vm
 from pvepatch.cycle.harestart import HARestart
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.questions import Asking
@@ -167,12 +168,21 @@ class VMCycle(Asking):
         return self.record.cluster
 
     def cluster_gate(self) -> None:
-        """Before the first change to this VM, whatever tests were selected: it is on its
-        node, the cluster is quorate, HA leaves it to us, no pending changes pvepatch did not
+        """Before the first change to this VM, whatever tests were selected: no other
+        pvepatch run is changing it (its lock, then held), it is on its node, the cluster is
+        quorate, HA leaves it to us, no pending changes pvepatch did not
         make (unless --apply-pending), a recent backup (with --max-backup-age)."""
+        self.record.once("vm lock", self._lock_vm)
         first = "cluster gate" not in self.record.outcomes
         with self.asked_together(*(questions.cluster(self.target) if first else ([], []))):
             cluster.gate(self)
+
+    def _lock_vm(self) -> None:
+        try:
+            lock_vm(self)
+        except SafetyRefusal as exc:
+            self.record.refusals.append(f"lock: {exc.reason}")
+            raise
 
     def pending_before_restart(self) -> list[str]:
         """Right before the shutdown: the pending changes it will apply, in words; raise

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from pvepatch.cycle.options import Fleet, Options
 from pvepatch.cycle.record import RestartOutcome
-from pvepatch.cycle.slots import HOST_SLOT_DIR, Slot, SlotTable, take
+from pvepatch.cycle.slots import HOST_SLOT_DIR, Busy, Slot, SlotTable, take
 from pvepatch.errors import PvepatchError, SafetyRefusal, one_line
 from pvepatch.guest import dns
 from pvepatch.guest.facts import Guest
@@ -78,15 +78,7 @@ class Admission:
         self.outcome.mark("down")
 
     def _host_table(self) -> SlotTable:
-        """The Proxmox host's table of down slots, shared by every run on that host."""
-        proxmox = self.target.proxmox
-        return SlotTable(
-            proxmox.name,
-            HOST_SLOT_DIR,
-            lambda command, args: self.cycle.connections.hold(
-                proxmox.name, proxmox.ssh, command, *args
-            ),
-        )
+        return host_table(self.cycle)
 
     def _no_slot_will_come(self) -> str | None:
         """Why waiting for a down slot is pointless: the run stops, or VMs of this run that
@@ -152,3 +144,34 @@ class Admission:
             return guest.boot_id() == outcome.before.boot_id
         except PvepatchError:
             return False
+
+
+def host_table(cycle: Candidate) -> SlotTable:
+    """The Proxmox host's table of down slots and VM locks, shared by every run on that host."""
+    proxmox = cycle.target.proxmox
+    return SlotTable(
+        proxmox.name,
+        HOST_SLOT_DIR,
+        lambda command, args: cycle.connections.hold(proxmox.name, proxmox.ssh, command, *args),
+    )
+
+
+def lock_vm(cycle: Candidate) -> None:
+    """Before the first change to the VM: take its lock on its Proxmox host, held until this
+    run (or its worker) ends, so that a second pvepatch run never changes it meanwhile (its
+    update, snapshot, restart, rollback or the pruning of this run's snapshots). Raise
+    SafetyRefusal naming the run that holds it."""
+    fleet, target = cycle.fleet, cycle.target
+    if fleet.runstate is None or target.name in fleet.vm_locks:
+        return
+    try:
+        got = host_table(cycle).try_lock_vm(target.vmid, fleet.runstate.holder(target.name))
+    except PvepatchError as exc:
+        raise SafetyRefusal(target.vmid, one_line(exc)) from exc
+    if isinstance(got, Busy):
+        raise SafetyRefusal(
+            target.vmid,
+            f"another pvepatch run is changing VM {target.vmid}: its lock on {got.place} is "
+            f"{got.why}; this run leaves it alone",
+        )
+    fleet.vm_locks[target.name] = got

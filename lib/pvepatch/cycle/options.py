@@ -46,6 +46,7 @@ class Fleet:
     runstate: RunState | None = None
     down: dict[str, str] = field(default_factory=dict)
     held: dict[str, list[Slot]] = field(default_factory=dict)
+    vm_locks: dict[str, Slot] = field(default_factory=dict)  # the VMs this run may change
 
     def others_down(self, name: str) -> dict[str, str]:
         return {n: why for n, why in self.down.items() if n != name}
@@ -59,3 +60,6 @@ class Fleet:
             for slot in reversed(slots):
                 slot.release()
         self.held.clear()
+        for lock in self.vm_locks.values():
+            lock.release()
+        self.vm_locks.clear()

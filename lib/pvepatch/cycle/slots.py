@@ -67,6 +67,24 @@ echo "HELD slot-$free $held"
 exec cat > /dev/null
 """.replace("@MAX@", str(MAX_SLOTS)).replace("@BUSY@", str(BUSY_EXIT))
 SLOT_COMMAND = "sh -c %s pvepatch-slot %s %s %s %s"
+
+# The VM lock: one run changes a VM at a time. $1 directory, $2 vmid, $3 who holds it.
+VM_LOCK_SCRIPT = r"""
+set -u
+dir=$1 vmid=$2 holder=$3
+umask 077
+mkdir -p "$dir" || { echo "ERROR cannot create $dir"; exit 70; }
+exec 8>>"$dir/vm-$vmid" || { echo "ERROR cannot open $dir/vm-$vmid"; exit 70; }
+if ! flock -n 8; then
+  if [ -r "$dir/vm-$vmid.who" ]; then who=$(tr -d '\n' < "$dir/vm-$vmid.who"); else who="a holder"; fi
+  echo "BUSY held by $who"
+  exit @BUSY@
+fi
+printf '%s\n' "$holder" > "$dir/vm-$vmid.who"
+echo "HELD vm-$vmid 0"
+exec cat > /dev/null
+""".replace("@BUSY@", str(BUSY_EXIT))
+VM_LOCK_COMMAND = "sh -c %s pvepatch-vm-lock %s %s %s"
 _SAFE = re.compile(r"[^A-Za-z0-9 ._:@()/,=+-]")
 
 
@@ -112,7 +130,14 @@ class SlotTable:
 
     def try_take(self, budget: int, group: str | None, holder: str) -> Slot | Busy:
         args = (SLOT_SCRIPT, self.directory, budget, group or "", _one_line(holder))
-        held = self.opener(SLOT_COMMAND, args)
+        return self._answer(self.opener(SLOT_COMMAND, args), "a down slot")
+
+    def try_lock_vm(self, vmid: int, holder: str) -> Slot | Busy:
+        """The lock of VM `vmid` (held while this run may change it), or who holds it."""
+        args = (VM_LOCK_SCRIPT, self.directory, int(vmid), _one_line(holder))
+        return self._answer(self.opener(VM_LOCK_COMMAND, args), f"the lock of VM {vmid}")
+
+    def _answer(self, held: Held, what: str) -> Slot | Busy:
         line = held.readline(timeout=60.0)
         noise = []  # what a login shell or a warning printed before the script's answer
         while line is not None and not line.startswith(("HELD ", "BUSY ", "ERROR ")):
@@ -125,7 +150,7 @@ class SlotTable:
         if line is not None and line.startswith("BUSY "):
             return Busy(self.place, line[5:].strip())
         raise SlotError(
-            f"cannot take a down slot in {self.directory} on {self.place}: "
+            f"cannot take {what} in {self.directory} on {self.place}: "
             f"{(line or ' / '.join(noise) or 'no answer').strip()}"
         )
 
