@@ -5,10 +5,12 @@ newest backup (--max-backup-age). The end-to-end proof is tests/lab/test_5_clust
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import fakes
 import pytest
+from pvepatch.cycle.slots import SlotTable, local_opener
 
 pytest_plugins = ["pytester"]
 
@@ -242,6 +244,33 @@ def test_ha_taking_over_during_the_update_restarts_it_through_ha(pytester, fleet
     assert pbs.ha_state_at_start == [("stopped", False)]  # the start waited for HA's stop
     assert pbs.running and pbs.hastate == "started"
     result.stdout.fnmatch_lines(["*HA took it over during the run (HA state 'started'*"])
+
+
+def test_ha_taking_over_while_it_waits_for_a_down_slot_is_seen(pytester, fleet):
+    """The kind of restart is chosen after the wait for a down slot (which may be long), not
+    before it: another run holds the slot, HA takes pbs over, then the slot comes free."""
+    pbs = fleet.vms["pbs"]
+    other = SlotTable("pve", fleet.slot_dir, local_opener).try_take(1, None, "x (run other)")
+
+    def later() -> None:
+        time.sleep(2.5)
+        pbs.hastate = "started"
+        other.release()
+
+    threading.Thread(target=later, daemon=True).start()
+    result = run(pytester, fleet, "-m", "patch", "--limit", "pbs")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert pbs.ha_state_at_start == [("stopped", False)]  # through HA: start after HA's stop
+    result.stdout.fnmatch_lines(["*HA took it over during the run (HA state 'started'*"])
+
+
+def test_no_ha_note_for_a_restart_that_never_happened(pytester, fleet):
+    pbs = fleet.vms["pbs"]
+    pbs.during_update = {"hastate": "started", "lock": "backup"}
+    result = run(pytester, fleet, "-m", "patch", "--limit", "pbs")
+    assert result.ret == 1
+    assert "HA took it over" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED (restart:*HA would not act on it*"])
 
 
 def test_ha_asked_to_keep_it_stopped_during_the_update_is_not_overridden(pytester, fleet):

@@ -7,6 +7,7 @@ directory of its own; the end-to-end proof of the budget on real VMs is tests/la
 from __future__ import annotations
 
 import re
+import subprocess
 
 import fakes
 import pytest
@@ -107,6 +108,49 @@ def test_the_lock_is_held_while_the_run_changes_the_vm(pytester, fleet):
     assert result.ret == 0, result.stdout.str()[-2000:]
     assert len(seen) == 1 and isinstance(seen[0], Busy), seen
     assert re.fullmatch(r"held by pbs \(run \S+, pid \d+ on \S+, since [\d:]+\)", seen[0].why)
+
+
+def test_a_lost_lock_stops_every_change_but_a_start(pytester, fleet):
+    """The VM's lock ends while the run updates it (its connection to the host gone): no
+    shutdown follows, and the refusal says why."""
+    apt = fleet.apt
+
+    def apt_then_lose_the_lock(vm, command):
+        if vm.name == "pbs" and "dist-upgrade" in command:
+            mine = f"pvepatch-vm-lock {fleet.slot_dir} 101 "  # this test's fleet only
+            subprocess.run(["pkill", "-f", mine], check=True)
+        return apt(vm, command)
+
+    fleet.apt = apt_then_lose_the_lock  # type: ignore[method-assign]
+    result = run(pytester, fleet, INVENTORY, "-m", "patch", "--limit", "pbs")
+    assert result.ret == 1
+    assert not [c for h, c in fleet.commands if re.match(r"qm (shutdown|stop) 101", c)]
+    result.stdout.fnmatch_lines(
+        ["*pbs (VM 101 on pve): FAILED (restart: *this run lost the lock of VM 101 on pve*"]
+    )
+
+
+def test_a_vm_the_gate_refuses_is_not_kept_locked(pytester, fleet):
+    """pbs has a pending change (refused by the gate for good): its lock is given back at
+    once, while the run goes on with the others."""
+    table = SlotTable("pve", fleet.slot_dir, local_opener)
+    fleet.vms["pbs"].pending = {"cores": "4"}
+    seen: list[object] = []
+    apt = fleet.apt
+
+    def apt_and_look(vm, command):
+        if vm.name == "pihole" and "dist-upgrade" in command:
+            seen.append(table.try_lock_vm(101, "another run"))
+            seen.append(table.try_lock_vm(102, "another run"))
+        return apt(vm, command)
+
+    fleet.apt = apt_and_look  # type: ignore[method-assign]
+    result = run(pytester, fleet, INVENTORY, "-m", "patch", "-k", "not preflight")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*pbs (VM 101 on pve): FAILED (guest_agent: *pending changes*"])
+    free, busy = seen
+    assert isinstance(free, Slot) and isinstance(busy, Busy), seen
+    free.release()
 
 
 def test_a_budget_of_two_admits_a_second_vm_beside_another_runs(pytester, fleet):

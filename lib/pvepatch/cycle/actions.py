@@ -31,7 +31,7 @@ from pvepatch.guest.apt import Apt, AptRun, diff_packages
 from pvepatch.guest.facts import Guest
 from pvepatch.inventory import Target
 from pvepatch.proxmox.parse import AGENT_PORT, agent_enabled, net_macs
-from pvepatch.proxmox.preconditions import Proof, prove_running
+from pvepatch.proxmox.preconditions import STARTS, Proof, prove_running
 from pvepatch.proxmox.qm import Qm
 from pvepatch.transport.connections import Connections, RecordingTransport
 
@@ -154,7 +154,25 @@ class VMCycle(Asking):
         return proof
 
     def note(self, action: str, proof: Proof) -> None:
+        """Record the proof made right before `action`; first, unless the action starts a VM
+        this run took down, make sure this run still holds the VM's lock."""
+        if action not in STARTS:
+            self._still_locked(action)
         self.record.proofs.append(ProofNote(action, proof.binding, proof.host_key))
+
+    def _still_locked(self, action: str) -> None:
+        """Raise SafetyRefusal when the VM's lock was taken and is gone (its SSH connection to
+        the Proxmox host ended): another run may be changing the VM now."""
+        lock = self.fleet.vm_locks.get(self.target.name)
+        if lock is None or lock.alive():
+            return
+        vmid = self.target.vmid
+        reason = (
+            f"this run lost the lock of VM {vmid} on {lock.place} (its SSH connection ended): "
+            f"another pvepatch run may be changing it now, so no {action}"
+        )
+        self.record.refusals.append(f"{action}: {reason}")
+        raise SafetyRefusal(vmid, reason)
 
     # --- the cluster: where the VM is, HA, quorum, pending changes, backups -----------------
     @property
@@ -174,8 +192,14 @@ class VMCycle(Asking):
         make (unless --apply-pending), a recent backup (with --max-backup-age)."""
         self.record.once("vm lock", self._lock_vm)
         first = "cluster gate" not in self.record.outcomes
-        with self.asked_together(*(questions.cluster(self.target) if first else ([], []))):
-            cluster.gate(self)
+        try:
+            with self.asked_together(*(questions.cluster(self.target) if first else ([], []))):
+                cluster.gate(self)
+        except SafetyRefusal:
+            lock = self.fleet.vm_locks.pop(self.target.name, None)
+            if lock is not None:  # refused for good (record.once): leave it to other runs
+                lock.release()
+            raise
 
     def _lock_vm(self) -> None:
         try:
@@ -295,7 +319,10 @@ class VMCycle(Asking):
             self.cluster_gate()
         except SafetyRefusal as exc:
             return RestartOutcome(self.options.restart_method, refused=exc.reason)
-        outcome = self._restarter()(self).run()
+        self._ha_change: str | None = None
+        outcome = Restart(self).run()
+        if self._ha_change and "shutdown_sent" in outcome.times:
+            self.record.notes.append(self._ha_change)
         if outcome.pending_applied:  # seen in the config after the stop
             changes = "; ".join(outcome.pending_applied)
             self.record.notes.append(f"its restart applied pending config changes: {changes}")
@@ -309,10 +336,10 @@ class VMCycle(Asking):
             self.record.notes.append(f"{why} during its restart: the restart was finished, {state}")
         return outcome
 
-    def _restarter(self) -> type[Restart]:
-        """Through HA or directly with qm, as the cluster has the VM right before its restart:
-        HA may have taken it over or released it since the gate (the update takes minutes).
-        The proof before the shutdown checks it again."""
+    def restarter(self) -> type[Restart]:
+        """Through HA or directly with qm, as the cluster has the VM right before its restart
+        (after its wait for a down slot): HA may have taken it over or released it since the
+        gate (the update takes minutes). The proof before the shutdown checks it again."""
         facts = self.record.cluster
         was = bool(facts and facts.ha_managed)
         try:
@@ -321,8 +348,8 @@ class VMCycle(Asking):
             return HARestart if was else Restart  # the proof says why, if it cannot be proven
         now = bool(where and where.ha_managed)
         if facts is not None and now != was:
-            state = f"HA state '{where.hastate}'" if where and now else "no HA resource"
-            self.record.notes.append(
+            state = f"HA state '{where.hastate}'" if where and where.hastate else "no HA resource"
+            self._ha_change = (
                 f"HA {'took it over' if now else 'released it'} during the run ({state} right "
                 f"before its restart): restarted {'through HA' if now else 'with qm directly'}"
             )

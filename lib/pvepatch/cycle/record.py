@@ -132,10 +132,15 @@ class RestartOutcome:
         before, after = self.before, self.after
         if before is None or after is None or after.node == before.node:
             return None
-        where = f"on node '{after.node}'" if after.node else "not listed in the cluster"
+        if after.node is None:
+            return (
+                f"VM is not listed in the cluster now (it was on '{before.node}' where this run "
+                "restarted it): no QEMU process of it can be compared with the one before"
+            )
         return (
-            f"VM is {where} now, not on '{before.node}' where this run restarted it: it was "
-            "migrated since. A QEMU process on another node is a migration, not a restart, so "
+            f"VM is on node '{after.node}' now, not on '{before.node}' where this run restarted "
+            "it: it was migrated since. A QEMU process on another node is a migration, not a "
+            "restart, so "
             "its pid and uptime prove nothing about this run's restart (the guest's boot id "
             "does). pvepatch does not follow it: bind it to its node in the inventory"
         )

@@ -41,6 +41,8 @@ class Cycle(Candidate, Protocol):
 
     def pending_before_restart(self) -> list[str]: ...
 
+    def restarter(self) -> type[Restart]: ...
+
 
 class Restart:
     """`qm shutdown` (or `qm stop`) and `qm start` for one VM, each on a fresh proof.
@@ -82,12 +84,19 @@ class Restart:
             return outcome
         healthy = False
         try:
-            if not self._ready():
+            runner = self._as_now()
+            if not runner._ready():
                 return outcome
-            healthy = self._down_and_up()
+            healthy = runner._down_and_up()
             return outcome
         finally:
             self._keep_or_release(slots, healthy)
+
+    def _as_now(self) -> Restart:
+        """The restart of the kind the cluster asks for now, after the wait for a down slot
+        (which may be long): through HA or with qm directly (pvepatch.cycle.harestart)."""
+        kind = self.cycle.restarter()
+        return self if type(self) is kind else kind(self.cycle, self.outcome)
 
     # the proof action of the start (pvepatch.proxmox.preconditions)
     START = "qm start"

@@ -110,6 +110,9 @@ class Rollback(Restart):
     def _reboot_not_wanted(self) -> str | None:
         return None  # decided in run()
 
+    def _as_now(self) -> Restart:
+        return self  # a rollback, whatever HA says (an HA VM's rollback is refused by its proof)
+
     def _take_slots(self) -> list[Slot]:
         """The slots it still holds (it came back unhealthy from its restart), else new ones."""
         held = self.fleet.held.pop(self.target.name, None)

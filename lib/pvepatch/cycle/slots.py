@@ -33,7 +33,8 @@ set -u
 dir=$1 budget=$2 group=$3 holder=$4
 umask 077
 mkdir -p "$dir" || { echo "ERROR cannot create $dir"; exit 70; }
-exec 9>>"$dir/admit.lock" || { echo "ERROR cannot open $dir/admit.lock"; exit 70; }
+: >>"$dir/admit.lock" 2>/dev/null || { echo "ERROR cannot open $dir/admit.lock"; exit 70; }
+exec 9>>"$dir/admit.lock"
 flock -w 20 9 || { echo "ERROR $dir/admit.lock stayed busy for 20 s"; exit 71; }
 who() { if [ -r "$1.who" ]; then tr -d '\n' < "$1.who"; else printf 'a holder'; fi; }
 busy=""
@@ -74,7 +75,8 @@ set -u
 dir=$1 vmid=$2 holder=$3
 umask 077
 mkdir -p "$dir" || { echo "ERROR cannot create $dir"; exit 70; }
-exec 8>>"$dir/vm-$vmid" || { echo "ERROR cannot open $dir/vm-$vmid"; exit 70; }
+: >>"$dir/vm-$vmid" 2>/dev/null || { echo "ERROR cannot open $dir/vm-$vmid"; exit 70; }
+exec 8>>"$dir/vm-$vmid"
 if ! flock -n 8; then
   if [ -r "$dir/vm-$vmid.who" ]; then who=$(tr -d '\n' < "$dir/vm-$vmid.who"); else who="a holder"; fi
   echo "BUSY held by $who"
@@ -106,6 +108,10 @@ class Slot:
 
     def release(self) -> None:
         self.held.close()
+
+    def alive(self) -> bool:
+        """Still held: the command holding it runs (its connection did not end)."""
+        return self.held.alive()
 
     def __str__(self) -> str:
         return f"{self.name} on {self.place}"
@@ -208,6 +214,9 @@ class LocalHeld:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         return line or None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def close(self) -> None:
         if self.proc.stdin is not None and not self.proc.stdin.closed:

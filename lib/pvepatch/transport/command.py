@@ -84,6 +84,10 @@ class Held(Protocol):
         """The next line of its output; None when it ended or `timeout` passed."""
         ...
 
+    def alive(self) -> bool:
+        """It still runs: not ended, its connection not gone."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -288,6 +288,15 @@ class SSHHeld:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line.decode(errors="replace")
 
+    def alive(self) -> bool:
+        ssh = self.channel.get_transport()
+        return (
+            not self.channel.closed
+            and not self.channel.exit_status_ready()
+            and ssh is not None
+            and ssh.is_active()
+        )
+
     def close(self) -> None:
         try:
             self.channel.shutdown_write()  # EOF on the command's stdin: it ends, locks released
