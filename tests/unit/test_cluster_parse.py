@@ -62,6 +62,21 @@ def test_resources_give_node_ha_state_and_lock_of_qemu_vms_only():
     assert vms[103].hastate == "ignored" and not vms[103].ha_managed  # qm acts directly
 
 
+# PVE 9's answer for the same VM (§2.1: `memhost` is PVE 9 only), right after a move: pvestatd
+# has no RRD data yet, so `status` is `unknown`.
+RESOURCES_PVE9 = (
+    '[{"cpu":0,"disk":0,"diskread":0,"diskwrite":0,"hastate":"started","id":"qemu/101",'
+    '"maxcpu":1,"maxdisk":2147483648,"maxmem":402653184,"mem":0,"memhost":0,"name":"pbs",'
+    '"netin":0,"netout":0,"node":"pve2","status":"unknown","template":0,"type":"qemu",'
+    '"uptime":0,"vmid":101}]\n'
+)
+
+
+def test_resources_of_pve_9_read_the_same():
+    vm = parse_resources(RESOURCES_PVE9)[101]
+    assert (vm.node, vm.hastate, vm.ha_managed) == ("pve2", "started", True)
+
+
 @pytest.mark.parametrize(
     "text",
     [
