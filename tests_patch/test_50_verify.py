@@ -12,7 +12,8 @@ pytestmark = [pytest.mark.stage("verify"), pytest.mark.verify, pytest.mark.patch
 def asked_ahead(record, cycle, target):
     """The stage's questions, asked in one round trip per host before the VM's first check;
     each check takes its answer once (or asks again when it is gone or 10 s old)."""
-    record.once("verify questions", lambda: cycle.ask_ahead(*questions.verify(target)))
+    asked = questions.verify(target, cycle.patching)
+    record.once("verify questions", lambda: cycle.ask_ahead(*asked))
 
 
 @pytest.mark.update_check

@@ -113,15 +113,14 @@ def agent(target: Target) -> Questions:
     )
 
 
-def verify(target: Target) -> Questions:
-    """What the verify stage's checks ask (tests_patch/test_50_verify.py, then
-    test_55_restart_proof.py's look at the VM as it is now)."""
+def verify(target: Target, patching: bool = False) -> Questions:
+    """What the verify stage's checks ask (tests_patch/test_50_verify.py, then in a patch run
+    test_55_restart_proof.py's look at the VM as it is now, with the node it runs on)."""
     guest = Guest.asked("answers", "virtio_port", "agent_service", "boot_id", "kernel")
     if target.pihole is not None:
         guest.append(service_question(target.pihole.service))
-    return Questions(
-        guest, Qm.asked(target.vmid, "agent_ping", "status", "resources", "run_status")
-    )
+    where = ("resources",) if patching else ()
+    return Questions(guest, Qm.asked(target.vmid, "agent_ping", "status", *where, "run_status"))
 
 
 class Asking:

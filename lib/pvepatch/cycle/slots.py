@@ -33,13 +33,14 @@ set -u
 dir=$1 budget=$2 group=$3 holder=$4
 umask 077
 mkdir -p "$dir" || { echo "ERROR cannot create $dir"; exit 70; }
-: >>"$dir/admit.lock" 2>/dev/null || { echo "ERROR cannot open $dir/admit.lock"; exit 70; }
+true 2>/dev/null >>"$dir/admit.lock" || { echo "ERROR cannot open $dir/admit.lock"; exit 70; }
 exec 9>>"$dir/admit.lock"
 flock -w 20 9 || { echo "ERROR $dir/admit.lock stayed busy for 20 s"; exit 71; }
 who() { if [ -r "$1.who" ]; then tr -d '\n' < "$1.who"; else printf 'a holder'; fi; }
 busy=""
 if [ -n "$group" ]; then
-  exec 7>>"$dir/group-$group" || { echo "ERROR cannot open $dir/group-$group"; exit 70; }
+  true 2>/dev/null >>"$dir/group-$group" || { echo "ERROR cannot open $dir/group-$group"; exit 70; }
+  exec 7>>"$dir/group-$group"
   flock -n 7 || busy="redundancy group $group is down: $(who "$dir/group-$group")"
 fi
 held=0 free="" holders=""
@@ -75,7 +76,7 @@ set -u
 dir=$1 vmid=$2 holder=$3
 umask 077
 mkdir -p "$dir" || { echo "ERROR cannot create $dir"; exit 70; }
-: >>"$dir/vm-$vmid" 2>/dev/null || { echo "ERROR cannot open $dir/vm-$vmid"; exit 70; }
+true 2>/dev/null >>"$dir/vm-$vmid" || { echo "ERROR cannot open $dir/vm-$vmid"; exit 70; }
 exec 8>>"$dir/vm-$vmid"
 if ! flock -n 8; then
   if [ -r "$dir/vm-$vmid.who" ]; then who=$(tr -d '\n' < "$dir/vm-$vmid.who"); else who="a holder"; fi
