@@ -140,9 +140,8 @@ class RestartOutcome:
         return (
             f"VM is on node '{after.node}' now, not on '{before.node}' where this run restarted "
             "it: it was migrated since. A QEMU process on another node is a migration, not a "
-            "restart, so "
-            "its pid and uptime prove nothing about this run's restart (the guest's boot id "
-            "does). pvepatch does not follow it: bind it to its node in the inventory"
+            "restart, so its pid and uptime prove nothing about this run's restart (the guest's "
+            "boot id does). pvepatch does not follow it: bind it to its node in the inventory"
         )
 
     @property

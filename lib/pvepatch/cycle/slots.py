@@ -27,19 +27,27 @@ MAX_SLOTS = 16
 BUSY_EXIT = 75  # EX_TEMPFAIL
 HOST_SLOT_DIR = "/run/lock/pvepatch"
 
+# Shell functions both scripts use: who holds lock file $1 (its .who), and whether lock file $1
+# can be opened (checked with `true`: dash exits on a failed redirection of `exec` or `:`).
+_HELPERS = r"""
+who() { if [ -r "$1.who" ]; then tr -d '\n' < "$1.who"; else printf 'a holder'; fi; }
+opens() { true 2>/dev/null >>"$1" || { echo "ERROR cannot open $1"; exit 70; }; }
+"""
+
 # $1 directory, $2 budget, $3 redundancy group ("" for none), $4 who holds it (one line).
-SLOT_SCRIPT = r"""
+SLOT_SCRIPT = (
+    r"""
 set -u
 dir=$1 budget=$2 group=$3 holder=$4
 umask 077
+@HELPERS@
 mkdir -p "$dir" || { echo "ERROR cannot create $dir"; exit 70; }
-true 2>/dev/null >>"$dir/admit.lock" || { echo "ERROR cannot open $dir/admit.lock"; exit 70; }
+opens "$dir/admit.lock"
 exec 9>>"$dir/admit.lock"
 flock -w 20 9 || { echo "ERROR $dir/admit.lock stayed busy for 20 s"; exit 71; }
-who() { if [ -r "$1.who" ]; then tr -d '\n' < "$1.who"; else printf 'a holder'; fi; }
 busy=""
 if [ -n "$group" ]; then
-  true 2>/dev/null >>"$dir/group-$group" || { echo "ERROR cannot open $dir/group-$group"; exit 70; }
+  opens "$dir/group-$group"
   exec 7>>"$dir/group-$group"
   flock -n 7 || busy="redundancy group $group is down: $(who "$dir/group-$group")"
 fi
@@ -67,7 +75,10 @@ printf '%s\n' "$holder" > "$dir/slot-$free.who"
 exec 9>&-
 echo "HELD slot-$free $held"
 exec cat > /dev/null
-""".replace("@MAX@", str(MAX_SLOTS)).replace("@BUSY@", str(BUSY_EXIT))
+""".replace("@MAX@", str(MAX_SLOTS))
+    .replace("@BUSY@", str(BUSY_EXIT))
+    .replace("@HELPERS@", _HELPERS)
+)
 SLOT_COMMAND = "sh -c %s pvepatch-slot %s %s %s %s"
 
 # The VM lock: one run changes a VM at a time. $1 directory, $2 vmid, $3 who holds it.
@@ -75,18 +86,18 @@ VM_LOCK_SCRIPT = r"""
 set -u
 dir=$1 vmid=$2 holder=$3
 umask 077
+@HELPERS@
 mkdir -p "$dir" || { echo "ERROR cannot create $dir"; exit 70; }
-true 2>/dev/null >>"$dir/vm-$vmid" || { echo "ERROR cannot open $dir/vm-$vmid"; exit 70; }
+opens "$dir/vm-$vmid"
 exec 8>>"$dir/vm-$vmid"
 if ! flock -n 8; then
-  if [ -r "$dir/vm-$vmid.who" ]; then who=$(tr -d '\n' < "$dir/vm-$vmid.who"); else who="a holder"; fi
-  echo "BUSY held by $who"
+  echo "BUSY held by $(who "$dir/vm-$vmid")"
   exit @BUSY@
 fi
 printf '%s\n' "$holder" > "$dir/vm-$vmid.who"
 echo "HELD vm-$vmid 0"
 exec cat > /dev/null
-""".replace("@BUSY@", str(BUSY_EXIT))
+""".replace("@BUSY@", str(BUSY_EXIT)).replace("@HELPERS@", _HELPERS)
 VM_LOCK_COMMAND = "sh -c %s pvepatch-vm-lock %s %s %s"
 _SAFE = re.compile(r"[^A-Za-z0-9 ._:@()/,=+-]")
 
